@@ -1,0 +1,88 @@
+"""Small helpers shared by minedit's modules and scripts: atomic writes, checkpoints, devices, seeds."""
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path in the same folder as `path`; rename it over `path` only on success."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_image_atomic(image, path, pnginfo=None):
+    """Save a PIL image as PNG via a temp file and a rename."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=pnginfo)
+
+
+def save_checkpoint(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path, kind=None):
+    """torch.load with weights_only=True; checks the checkpoint's `kind` when given."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if kind is not None and (not isinstance(ckpt, dict) or ckpt.get("kind") != kind):
+        found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a minedit {kind} checkpoint (found kind {found!r})")
+    return ckpt
+
+
+def to_image(x):
+    """(3, H, W) or (B, 3, H, W) tensor in [-1, 1] -> uint8 numpy (H, W, 3) or (B, H, W, 3)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()
+
+
+def image_grid(images, cols):
+    """uint8 numpy (B, H, W, 3) -> one PIL image with `cols` columns and a 2 px white gutter."""
+    from PIL import Image
+    b, h, w, _ = images.shape
+    rows = (b + cols - 1) // cols
+    out = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        out[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = im
+    return Image.fromarray(out)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast(device, enabled=True):
+    """bf16 autocast on CPU and CUDA (never fp16: it is ~100x slower on CPUs without AVX512_FP16)."""
+    if not enabled or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
