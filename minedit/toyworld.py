@@ -376,6 +376,17 @@ def sample_edit(seed, split, index, kind=None):
             return Edit(src, text, tgt, k)
 
 
+def vocabulary_texts(n=4000, seed=0):
+    """A deterministic sample of every kind of text the toy world writes (captions, paraphrases and
+    instructions of every edit kind), used to list the tokens a toy model needs."""
+    texts = []
+    for i in range(n):
+        s = sample_scene(seed, SPLITS[i % 3], i)
+        texts += [caption(s), caption(s, _rng(seed, "vocab", i, "caption"))]
+        texts.append(sample_edit(seed, SPLITS[i % 3], i, kind=EDIT_KINDS[i % len(EDIT_KINDS)]).instruction)
+    return texts
+
+
 def concept_scenes(n, seed=0):
     """n plain scenes of the held-out concept, alone, in varied colours, sizes and places."""
     rng = random.Random(f"concept:{seed}")

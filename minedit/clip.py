@@ -1,0 +1,345 @@
+"""
+CLIP (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"):
+a ViT image tower and a causal text transformer trained so matching (image, text) pairs have the
+highest cosine similarity in a batch. The layout and parameter names follow OpenAI's clip/model.py, so
+OpenAI and open_clip state dicts load with strict=True; Hugging Face CLIPModel weights load through a
+named key mapping. `load(path)` reads all of them, and minedit's own checkpoints.
+
+    model, preprocess = load("checkpoints/clip.pt")
+    z_img = model.encode_image(preprocess(pil_image)[None])   # (1, E)
+    z_txt = model.encode_text(tokenize(["a red star"], model.config.context_length))
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's image normalization
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class CLIPConfig:
+    embed_dim: int = 128
+    image_resolution: int = 32
+    vision_layers: int = 4
+    vision_width: int = 128
+    vision_patch_size: int = 4
+    context_length: int = 40
+    vocab_size: int = 49408
+    transformer_width: int = 128
+    transformer_heads: int = 2
+    transformer_layers: int = 4
+    quick_gelu: bool = True
+    eot_token: int = 49407
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 (as OpenAI's), whatever the input dtype."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class MultiheadAttention(nn.Module):
+    """nn.MultiheadAttention's parameters (in_proj_weight = [Wq; Wk; Wv], out_proj) with
+    scaled_dot_product_attention underneath."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x, mask=None):
+        B, T, C = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width, heads, quick_gelu=True):
+        super().__init__()
+        self.ln_1 = LayerNorm(width)
+        self.attn = MultiheadAttention(width, heads)
+        self.ln_2 = LayerNorm(width)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
+        self.mlp.add_module("gelu", QuickGELU() if quick_gelu else nn.GELU())
+        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
+
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width, layers, heads, quick_gelu=True):
+        super().__init__()
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers))
+
+    def forward(self, x, mask=None):
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, resolution, patch, width, layers, heads, out_dim, quick_gelu=True):
+        super().__init__()
+        self.input_resolution = resolution
+        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
+        s = width ** -0.5
+        self.class_embedding = nn.Parameter(s * torch.randn(width))
+        self.positional_embedding = nn.Parameter(s * torch.randn((resolution // patch) ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, quick_gelu)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(s * torch.randn(width, out_dim))
+
+    def forward(self, x):
+        x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, N, W)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, N+1, W)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj  # (B, E)
+
+
+class CLIP(nn.Module):
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        c = self.config = config
+        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
+                                        c.vision_width // 64, c.embed_dim, c.quick_gelu)
+        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, c.quick_gelu)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
+        self.ln_final = LayerNorm(c.transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        mask = torch.full((c.context_length, c.context_length), float("-inf")).triu(1)
+        self.register_buffer("attn_mask", mask, persistent=False)  # causal: -inf above the diagonal
+        self.initialize_parameters()
+
+    def initialize_parameters(self):
+        c = self.config
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        for tower, width, layers in ((self.transformer, c.transformer_width, c.transformer_layers),
+                                     (self.visual.transformer, c.vision_width, c.vision_layers)):
+            proj_std, attn_std, fc_std = (width ** -0.5) * ((2 * layers) ** -0.5), width ** -0.5, (2 * width) ** -0.5
+            for block in tower.resblocks:
+                nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+                nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+                nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=c.transformer_width ** -0.5)
+
+    def encode_image(self, image):
+        """(B, 3, R, R) normalized as by `preprocess` / `normalize` -> (B, E), not unit-normalized."""
+        return self.visual(image)
+
+    def encode_text(self, text, token_overrides=None, return_states=False):
+        """(B, T) token ids -> (B, E), not unit-normalized; with return_states also the final token
+        states (B, T', W) up to the longest text's end token. `token_overrides` maps token ids to
+        embedding vectors (W,) that replace the table's rows (used by textual inversion)."""
+        eot = (text == self.config.eot_token).int().argmax(-1)  # (B,) position of the first end token
+        T = int(eot.max()) + 1  # causal attention: positions after every end token change nothing
+        text = text[:, :T]
+        x = self.token_embedding(text)  # (B, T, W)
+        for tid, vec in (token_overrides or {}).items():
+            x = torch.where((text == tid)[..., None], vec.to(x.dtype), x)
+        x = x + self.positional_embedding[:T].to(x.dtype)
+        x = self.ln_final(self.transformer(x, self.attn_mask[:T, :T].to(x.dtype)))
+        z = x[torch.arange(x.shape[0]), eot] @ self.text_projection
+        return (z, x) if return_states else z
+
+    def forward(self, image, text):
+        """Returns (logits_per_image (B_img, B_txt), logits_per_text (B_txt, B_img))."""
+        zi = F.normalize(self.encode_image(image), dim=-1)
+        zt = F.normalize(self.encode_text(text), dim=-1)
+        logits = self.logit_scale.exp() * zi @ zt.t()
+        return logits, logits.t()
+
+# -----------------------------------------------------------------------------
+# preprocessing (OpenAI's recipe, with PIL and torch)
+
+
+def normalize(x):
+    """Images in [-1, 1] (B, 3, H, W), as minedit's models use them -> CLIP's normalized input."""
+    x = (x + 1) / 2
+    mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+class Preprocess:
+    """PIL image -> (3, n, n) tensor: bicubic resize of the short side to n, center crop, RGB, mean/std."""
+
+    def __init__(self, n_px):
+        self.n_px = n_px
+
+    def __call__(self, image):
+        from PIL import Image
+        n, (w, h) = self.n_px, image.size
+        size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
+        if size != (w, h):
+            image = image.resize(size, Image.BICUBIC)
+        w, h = image.size
+        top, left = int(round((h - n) / 2.0)), int(round((w - n) / 2.0))
+        image = image.crop((left, top, left + n, top + n)).convert("RGB")
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+# -----------------------------------------------------------------------------
+# loading public and minedit weights
+
+EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # archive extras; the mask is derived
+HF_RENAMES = (  # Hugging Face CLIPModel -> OpenAI, applied as prefix/substring renames in this order
+    ("text_model.embeddings.token_embedding.weight", "token_embedding.weight"),
+    ("text_model.embeddings.position_embedding.weight", "positional_embedding"),
+    ("text_model.final_layer_norm.", "ln_final."),
+    ("text_model.encoder.layers.", "transformer.resblocks."),
+    ("vision_model.embeddings.class_embedding", "visual.class_embedding"),
+    ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"),
+    ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"),
+    ("vision_model.pre_layrnorm.", "visual.ln_pre."),
+    ("vision_model.post_layernorm.", "visual.ln_post."),
+    ("vision_model.encoder.layers.", "visual.transformer.resblocks."),
+    (".self_attn.out_proj.", ".attn.out_proj."), (".layer_norm1.", ".ln_1."), (".layer_norm2.", ".ln_2."),
+    (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj."),
+)
+
+
+def from_hf(sd):
+    """Hugging Face CLIPModel state dict -> OpenAI layout (q/k/v projections fused, projections transposed)."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("position_ids"):
+            continue  # a buffer in older transformers versions, not a weight
+        if k == "text_projection.weight":
+            out["text_projection"] = v.t()
+            continue
+        if k == "visual_projection.weight":
+            out["visual.proj"] = v.t()
+            continue
+        if ".self_attn.q_proj." in k:
+            kind = k.rsplit(".", 1)[1]
+            qkv = [sd[k.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"]
+            k = k.split(".self_attn.")[0] + f".attn.in_proj_{kind}"
+            v = torch.cat(qkv, dim=0)
+        elif ".self_attn.k_proj." in k or ".self_attn.v_proj." in k:
+            continue
+        for old, new in HF_RENAMES:
+            k = k.replace(old, new)
+        out[k] = v
+    return out
+
+
+def infer_config(sd, quick_gelu=True):
+    """A CLIPConfig from tensor shapes alone (OpenAI's build_model rules: heads = width // 64)."""
+    try:
+        layers = lambda prefix: len({k.split(".")[2 if prefix == "transformer" else 3] for k in sd
+                                     if k.startswith(prefix + ".resblocks.")})
+        vision_width = sd["visual.conv1.weight"].shape[0]
+        patch = sd["visual.conv1.weight"].shape[-1]
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        width = sd["ln_final.weight"].shape[0]
+        return CLIPConfig(embed_dim=sd["text_projection"].shape[1], image_resolution=patch * grid,
+                          vision_layers=layers("visual.transformer"), vision_width=vision_width,
+                          vision_patch_size=patch, context_length=sd["positional_embedding"].shape[0],
+                          vocab_size=sd["token_embedding.weight"].shape[0], transformer_width=width,
+                          transformer_heads=width // 64, transformer_layers=layers("transformer"),
+                          quick_gelu=quick_gelu)
+    except KeyError as e:
+        raise ValueError(f"not a CLIP ViT state dict: missing key {e.args[0]!r}") from None
+
+
+def load_strict(model, sd):
+    """load_state_dict(strict=True) with an error that names the first missing / unexpected keys."""
+    want, have = set(model.state_dict()), set(sd)
+    missing, unexpected = sorted(want - have), sorted(have - want)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: {len(missing)} missing keys "
+                         f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def build_model(state_dict, quick_gelu=True):
+    """A CLIP whose every hyperparameter is inferred from the state dict's shapes, weights loaded, fp32, eval."""
+    sd = {k: v for k, v in state_dict.items() if k not in EXTRA_KEYS}
+    model = CLIP(infer_config(sd, quick_gelu))
+    return load_strict(model, {k: v.float() for k, v in sd.items()}).eval()
+
+
+def compact(sd, keep_ids):
+    """A minedit checkpoint stores only the token-embedding rows its training used (the rest are untrained
+    and would dominate the file); `expand` restores the full table with zeros elsewhere."""
+    sd = dict(sd)
+    table = sd.pop("token_embedding.weight")
+    ids = torch.tensor(sorted(keep_ids), dtype=torch.long)
+    sd["token_embedding.rows"], sd["token_embedding.values"] = ids, table[ids]
+    sd["token_embedding.shape"] = torch.tensor(table.shape)
+    return sd
+
+
+def expand(sd):
+    if "token_embedding.rows" not in sd:
+        return sd
+    sd = dict(sd)
+    ids, values, shape = sd.pop("token_embedding.rows"), sd.pop("token_embedding.values"), sd.pop("token_embedding.shape")
+    table = torch.zeros(*shape.tolist(), dtype=values.dtype)
+    table[ids] = values
+    sd["token_embedding.weight"] = table
+    return sd
+
+
+def load(path, quick_gelu=None):
+    """Load CLIP weights from: an OpenAI release file (TorchScript), a plain OpenAI / open_clip state
+    dict, a Hugging Face CLIPModel state dict (.bin, or .safetensors with the safetensors package), or a
+    minedit checkpoint. Returns (model in eval mode, fp32, on CPU; preprocess for PIL images).
+    quick_gelu defaults to True (every OpenAI-trained CLIP uses it) unless a minedit config says otherwise."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(path)
+    else:
+        try:
+            sd = torch.jit.load(path, map_location="cpu").state_dict()
+        except RuntimeError:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and sd.get("kind") == "clip":  # minedit's own checkpoint
+        config = CLIPConfig(**sd["config"])
+        if quick_gelu is not None:
+            config.quick_gelu = quick_gelu
+        model = load_strict(CLIP(config), {k: v.float() for k, v in expand(sd["model"]).items()}).eval()
+        return model, Preprocess(config.image_resolution)
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a CLIP state dict")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if any(k.startswith(("text_model.", "vision_model.")) for k in sd):
+        sd = from_hf(sd)
+    model = build_model(sd, True if quick_gelu is None else quick_gelu)
+    return model, Preprocess(model.config.image_resolution)
+
+
+def checkpoint(model, keep_ids, **extra):
+    """A minedit CLIP checkpoint: kind, config, fp16 weights with the token table compacted."""
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    return {"kind": "clip", "version": 1, "config": asdict(model.config), "model": compact(sd, keep_ids), **extra}
