@@ -1,7 +1,9 @@
 """
 Train a small CLIP from scratch on toy-world (image, caption) pairs with the symmetric contrastive loss
 (Radford et al. 2021). Scenes are rendered on the fly (about 20k per second, so never the bottleneck)
-and captions are paraphrased afresh at every step.
+and captions are paraphrased afresh at every step. Each image also meets one hard negative caption:
+its own scene with one attribute edited (as in NegCLIP, Yuksekgonul et al. 2023), which teaches the
+text tower to bind colours, shapes and places to the right object.
 
     python train_clip.py                          # the shipped checkpoints/clip.pt (about 15 min on 2 cores)
     python train_clip.py --steps 50 --out /tmp/clip.pt
@@ -25,14 +27,15 @@ from minedit.utils import CHECKPOINTS, autocast, load_checkpoint, pick_device, s
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 256
+    steps: int = 1600
+    batch_size: int = 128
     lr: float = 1e-3
-    warmup: int = 150
+    warmup: int = 100
     weight_decay: float = 0.1
     seed: int = 0
     res: int = 32
     bf16: bool = True
+    hard_negatives: bool = True
     save_every: int = 500
 
 
@@ -47,6 +50,9 @@ def batch(step, tc, context_length):
     scenes = [tw.sample_scene(tc.seed, "train", i) for i in idx]
     rng = random.Random(f"clip-captions:{tc.seed}:{step}")
     texts = [tw.caption(s, rng) for s in scenes]
+    if tc.hard_negatives:  # the same scene with one attribute changed, as an extra negative text
+        kinds = ("recolor", "reshape", "move", "resize", "background", "style")
+        texts += [tw.caption(tw._apply(rng, s, rng.choice(kinds))[1], rng) for s in scenes]
     return tw.render_batch(scenes, tc.res), tokenize(texts, context_length)
 
 
@@ -61,6 +67,7 @@ def main():
     p.add_argument("--resume", default=None, help="a checkpoint to continue from (model, optimizer, step)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
     args = vars(p.parse_args())
     pick = lambda cls, base: cls(**{**asdict(base), **{f.name: args[f.name] for f in fields(cls) if args.get(f.name) is not None}})
 
@@ -68,6 +75,7 @@ def main():
     mc = pick(CLIPConfig, CLIPConfig(**ckpt["config"]) if ckpt else CLIPConfig())
     tc = pick(TrainConfig, TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig())
     tc.bf16 = tc.bf16 and not args["no_bf16"]
+    tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
     device = pick_device(args["device"])
     seed_everything(tc.seed)
     model = CLIP(mc).to(device)
@@ -95,9 +103,10 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
         with autocast(device, tc.bf16):
-            logits, _ = model(x, text)
-        labels = torch.arange(len(x), device=device)
-        loss = (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.float().t(), labels)) / 2
+            logits, _ = model(x, text)  # (B, B) or (B, 2B) with the hard negatives
+        logits, B = logits.float(), len(x)
+        labels = torch.arange(B, device=device)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :B].t(), labels)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

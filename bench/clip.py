@@ -1,0 +1,84 @@
+"""CLIP quality on the held-out test split (unseen shape-colour combinations): zero-shot attribute
+accuracy by caption templates, and text->image retrieval R@1 among 100 test images.
+
+Zero-shot: for each test scene, the caption of the true scene competes with the captions of the same
+scene with one attribute of its first object (or its style) changed; correct if the true one scores highest.
+
+    python bench/clip.py [--clip checkpoints/clip.pt]     # prints JSON
+"""
+import argparse
+import json
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from minedit import toyworld as tw
+from minedit.clip import load, normalize
+from minedit.tokenizer import tokenize
+
+
+@torch.no_grad()
+def embed_texts(model, texts):
+    return torch.cat([F.normalize(model.encode_text(tokenize(texts[i:i + 512], model.config.context_length)), dim=-1)
+                      for i in range(0, len(texts), 512)])
+
+
+@torch.no_grad()
+def embed_images(model, scenes):
+    x = tw.render_batch(scenes, model.config.image_resolution)
+    return torch.cat([F.normalize(model.encode_image(normalize(x[i:i + 512])), dim=-1) for i in range(0, len(x), 512)])
+
+
+def candidates(scene, attr):
+    o, others = scene.objects[0], scene.objects[1:]
+    if attr == "style":
+        return [replace(scene, style=s) for s in tw.STYLES]
+    if attr == "color":
+        values = [c for c in tw.COLORS if c != scene.background]
+    elif attr == "shape":
+        values = [s for s in tw.SHAPES if all(s != p.shape for p in others)]
+    elif attr == "pos":
+        values = [p for p in tw.POSITIONS if all(p != q.pos for q in others)]
+    else:
+        values = list(tw.SIZES)
+    return [replace(scene, objects=(replace(o, **{attr: v}),) + others) for v in values]
+
+
+def zero_shot(model, scenes):
+    out = {}
+    zi = embed_images(model, scenes)
+    for attr in ("color", "shape", "size", "pos", "style"):
+        correct = total = 0
+        for s, z in zip(scenes, zi):
+            if attr == "shape" and s.objects[0].shape == tw.CONCEPT:
+                continue  # the concept has no name to classify by
+            cands = candidates(s, attr)
+            zt = embed_texts(model, [tw.caption(c) for c in cands])
+            correct += cands[int((zt @ z).argmax())] == s
+            total += 1
+        out[{"pos": "position"}.get(attr, attr)] = round(correct / total, 4)
+    return out
+
+
+def retrieval(model, scenes):
+    zi, zt = embed_images(model, scenes), embed_texts(model, [tw.caption(s) for s in scenes])
+    sim = zt @ zi.t()
+    target = torch.arange(len(scenes))
+    return {"text_to_image_R@1": round((sim.argmax(1) == target).float().mean().item(), 4),
+            "image_to_text_R@1": round((sim.argmax(0) == target).float().mean().item(), 4)}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--clip", default="checkpoints/clip.pt")
+    p.add_argument("--n", type=int, default=1000, help="test scenes for zero-shot (default %(default)s)")
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    model, _ = load(a.clip)
+    scenes = [tw.sample_scene(0, "test", i) for i in range(a.n)]
+    result = {"zero_shot_test": zero_shot(model, scenes), "n_zero_shot": a.n}
+    for seed in range(3):
+        result[f"retrieval_100_seed{seed}"] = retrieval(model, [tw.sample_scene(100 + seed, "test", i) for i in range(100)])
+    result["text_to_image_R@1_mean"] = round(sum(result[f"retrieval_100_seed{s}"]["text_to_image_R@1"] for s in range(3)) / 3, 4)
+    print(json.dumps(result, indent=1))

@@ -1,0 +1,37 @@
+"""The attribute reader is the referee of every quality claim: it must read clean test renders right."""
+import torch
+
+from minedit import toyworld as tw
+from minedit.reader import HEADS, Reader, accuracy, attributes, compare, load_reader, read, targets
+
+
+def test_reader_accuracy_on_fixed_test_sample():
+    reader = load_reader()
+    scenes = [tw.sample_scene(0, "test", i) for i in range(300)]
+    acc = accuracy(reader, scenes, 32)
+    assert min(acc.values()) >= 0.99, acc
+
+
+def test_reader_reads_64px_and_the_concept():
+    reader = load_reader()
+    scenes = tw.concept_scenes(20, seed=3)
+    got = read(reader, tw.render_batch(scenes, 64))
+    assert sum(g.objects[0].shape == tw.CONCEPT for g in got if g.objects) >= 19
+
+
+def test_compare_and_attributes_detect_differences():
+    a = tw.Scene("blue", (tw.Obj("star", "red", "big", "left"),), "plain")
+    b = tw.Scene("blue", (tw.Obj("star", "green", "big", "left"),), "at night")
+    r = compare(a, b)
+    assert r["background"] and not r["style"] and r["shape"] == [True] and r["color"] == [False]
+    assert attributes(a)["left/color"] == "red"
+    r = compare(a, tw.Scene("blue", (tw.Obj("star", "red", "big", "right"),)))
+    assert not r["objects"] and r["shape"] == [False]
+
+
+def test_targets_and_shapes():
+    scenes = [tw.sample_scene(0, "train", i) for i in range(4)]
+    t = targets(scenes)
+    out = Reader()(tw.render_batch(scenes))
+    assert out["shape"].shape == (4, 9, 10) and t["shape"].shape == (4, 9)
+    assert set(out) == set(HEADS)
