@@ -1,9 +1,13 @@
 """
 Train a small CLIP from scratch on toy-world (image, caption) pairs with the symmetric contrastive loss
 (Radford et al. 2021). Scenes are rendered on the fly (about 20k per second, so never the bottleneck)
-and captions are paraphrased afresh at every step. Each image also meets one hard negative caption:
-its own scene with one attribute edited (as in NegCLIP, Yuksekgonul et al. 2023), which teaches the
-text tower to bind colours, shapes and places to the right object.
+and captions are paraphrased afresh at every step.
+
+Random batches can be told apart by colour, background and style alone, so a plain CLIP learns little
+about shape and position. Two kinds of hard negatives fix that (as in NegCLIP, Yuksekgonul et al. 2023):
+half of each batch is the other half with one attribute edited (mostly shape or position), and each
+image also meets an extra caption of its own scene with one attribute changed. No negative ever
+contains a held-out test combination.
 
     python train_clip.py                          # the shipped checkpoints/clip.pt (about 15 min on 2 cores)
     python train_clip.py --steps 50 --out /tmp/clip.pt
@@ -27,7 +31,7 @@ from minedit.utils import CHECKPOINTS, autocast, load_checkpoint, pick_device, s
 
 @dataclass
 class TrainConfig:
-    steps: int = 1600
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 100
@@ -35,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     res: int = 32
     bf16: bool = True
-    hard_negatives: bool = True
+    hard_negatives: bool = True  # edited-scene pairs in the batch and an edited caption per image
     save_every: int = 500
 
 
@@ -45,14 +49,29 @@ def lr_at(step, tc):
     return tc.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (step - tc.warmup) / max(1, tc.steps - tc.warmup)))).item()
 
 
+EDITS = ("reshape", "move", "reshape", "move", "resize", "recolor", "background", "style")
+
+
+def edited(rng, scene):
+    """The scene with one attribute changed, staying in the training split."""
+    for _ in range(20):
+        out = tw._apply(rng, scene, rng.choice(EDITS))[1]
+        if tw.split_of(out) == "train":
+            return out
+    return None
+
+
 def batch(step, tc, context_length):
-    idx = range(step * tc.batch_size, (step + 1) * tc.batch_size)
-    scenes = [tw.sample_scene(tc.seed, "train", i) for i in idx]
-    rng = random.Random(f"clip-captions:{tc.seed}:{step}")
+    rng = random.Random(f"clip-batch:{tc.seed}:{step}")
+    n = tc.batch_size // 2 if tc.hard_negatives else tc.batch_size
+    scenes = [tw.sample_scene(tc.seed, "train", i) for i in range(step * n, (step + 1) * n)]
+    if tc.hard_negatives:  # the second half: each scene of the first half with one attribute edited
+        pairs = [edited(rng, s) for s in scenes]
+        scenes = scenes + [p or tw.sample_scene(tc.seed + 1, "train", step * n + i) for i, p in enumerate(pairs)]
     texts = [tw.caption(s, rng) for s in scenes]
-    if tc.hard_negatives:  # the same scene with one attribute changed, as an extra negative text
-        kinds = ("recolor", "reshape", "move", "resize", "background", "style")
-        texts += [tw.caption(tw._apply(rng, s, rng.choice(kinds))[1], rng) for s in scenes]
+    if tc.hard_negatives:  # an extra negative caption per image: its own scene, edited
+        texts += [tw.caption(edited(rng, s) or tw.sample_scene(tc.seed + 2, "train", step * len(scenes) + i), rng)
+                  for i, s in enumerate(scenes)]
     return tw.render_batch(scenes, tc.res), tokenize(texts, context_length)
 
 
