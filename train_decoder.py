@@ -27,21 +27,21 @@ from minedit.utils import CHECKPOINTS, autocast, image_grid, load_checkpoint, sa
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 1400
     batch_size: int = 64        # per process
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     p_uncond: float = 0.1       # embedding dropout for classifier-free guidance
-    n_images: int = 30000       # toy-world training images (rendered once, cached)
+    n_images: int = 20000       # toy-world training images (rendered once, cached)
     seed: int = 0
     timesteps: int = 1000
     schedule: str = "cosine"
     prediction: str = "eps"
     bf16: bool = True
-    sample_every: int = 1000
-    save_every: int = 1000
+    sample_every: int = 700
+    save_every: int = 700
     guidance: float = 3.0       # for the sample grids
 
 
@@ -61,7 +61,7 @@ def sample_grid(unet, diffusion, emb, images, guidance, path, seed=0):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(emb), unet.config.out_channels, images.shape[1], images.shape[2], generator=g)
     drop = torch.ones(len(emb), dtype=torch.bool)
-    model = cfg(unet, guidance, {"emb": emb}, {"emb": emb, "drop_emb": drop})
+    model = cfg(unet, guidance, {"emb": emb, "drop_emb": ~drop}, {"emb": emb, "drop_emb": drop})
     x = diffusion.ddim_sample(model, noise=noise, steps=25)
     save_image_atomic(image_grid(torch.cat([torch.from_numpy(images), torch.from_numpy(to_image(x))]).numpy(), len(emb)), path)
 

@@ -18,7 +18,9 @@ from minedit import toyworld as tw
 from minedit.clip import load as load_clip, normalize
 from minedit.guidance import cfg
 from minedit.reader import load_reader, read
-from train_decoder import load_decoder
+import os, sys  # noqa: E401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from train_decoder import load_decoder  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--decoder", default="checkpoints/decoder.pt")
@@ -43,7 +45,8 @@ samples = []
 g = torch.Generator().manual_seed(0)
 for i in range(0, a.n, a.batch):
     e = emb[i:i + a.batch]
-    model = cfg(unet, a.guidance, {"emb": e}, {"emb": e, "drop_emb": torch.ones(len(e), dtype=torch.bool)})
+    drop = torch.ones(len(e), dtype=torch.bool)
+    model = cfg(unet, a.guidance, {"emb": e, "drop_emb": ~drop}, {"emb": e, "drop_emb": drop})
     samples.append(diffusion.ddim_sample(model, noise=torch.randn(len(e), 3, *x.shape[2:], generator=g), steps=a.steps))
 samples = torch.cat(samples)
 got = read(reader, samples)

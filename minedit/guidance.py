@@ -24,6 +24,9 @@ def cfg(model, scale, cond_kwargs, uncond_kwargs):
 
 
 def _cat(kwargs_list):
+    keys = [sorted(kw) for kw in kwargs_list]
+    if any(k != keys[0] for k in keys):  # a key missing in one branch would silently apply to all
+        raise ValueError(f"every branch needs the same keyword arguments, got {keys}")
     out = {}
     for k in kwargs_list[0]:
         vals = [kw[k] for kw in kwargs_list]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 class UNetConfig:
     in_channels: int = 3
     out_channels: int = 3
-    model_channels: int = 64
+    model_channels: int = 48
     channel_mult: tuple = (1, 2, 2)
     num_res_blocks: int = 1
     attention_resolutions: tuple = (8,)  # feature-map sizes (at 32 px input) that get attention
