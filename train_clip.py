@@ -17,13 +17,14 @@ contains a held-out test combination.
 import argparse
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from minedit import toyworld as tw
+from minedit import training
 from minedit.clip import CLIP, CLIPConfig, checkpoint, expand, normalize
 from minedit.tokenizer import tokenize
 from minedit.utils import CHECKPOINTS, autocast, load_checkpoint, pick_device, save_checkpoint, seed_everything
@@ -77,22 +78,17 @@ def batch(step, tc, context_length):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for group in (TrainConfig, CLIPConfig):
-        for f in fields(group):
-            if f.type in (int, float, "int", "float"):
-                p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                               help=f"default {f.default}")
+    training.add_dataclass_flags(p, TrainConfig, CLIPConfig)
     p.add_argument("--out", default=str(CHECKPOINTS / "clip.pt"), help="checkpoint path (default: %(default)s)")
     p.add_argument("--resume", default=None, help="a checkpoint to continue from (model, optimizer, step)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
     args = vars(p.parse_args())
-    pick = lambda cls, base: cls(**{**asdict(base), **{f.name: args[f.name] for f in fields(cls) if args.get(f.name) is not None}})
 
     ckpt = load_checkpoint(args["resume"], kind="clip") if args["resume"] else None
-    mc = pick(CLIPConfig, CLIPConfig(**ckpt["config"]) if ckpt else CLIPConfig())
-    tc = pick(TrainConfig, TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig())
+    mc = training.override(CLIPConfig(**ckpt["config"]) if ckpt else CLIPConfig(), args)
+    tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
     device = pick_device(args["device"])
