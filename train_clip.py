@@ -44,12 +44,6 @@ class TrainConfig:
     save_every: int = 500
 
 
-def lr_at(step, tc):
-    if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    return tc.lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (step - tc.warmup) / max(1, tc.steps - tc.warmup)))).item()
-
-
 EDITS = ("reshape", "move", "reshape", "move", "resize", "recolor", "background", "style")
 
 
@@ -116,7 +110,7 @@ def main():
         x, text = batch(step, tc, mc.context_length)
         x, text = normalize(x).to(device), text.to(device)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, tc)
+            g["lr"] = training.lr_at(step, tc.lr, tc.warmup, tc.steps, floor=0.0)
         with autocast(device, tc.bf16):
             logits, _ = model(x, text)  # (B, B) or (B, 2B) with the hard negatives
         logits, B = logits.float(), len(x)

@@ -49,10 +49,12 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
-def lr_at(step, lr, warmup, total):
+def lr_at(step, lr, warmup, total, floor=0.1):
+    """Linear warmup, then cosine decay from lr to floor * lr."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))))
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return lr * (floor + (1 - floor) * cos)
 
 
 def add_dataclass_flags(parser, *classes):
