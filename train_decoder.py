@@ -1,9 +1,18 @@
 """
-Train the unCLIP decoder: a UNet that denoises images conditioned on their CLIP image embedding
-(Ramesh et al. 2022), with 10% embedding dropout so classifier-free guidance works at sampling time.
-Embeddings come from a frozen CLIP and are computed once and cached.
+Train a UNet of minedit/unet.py, for one of two tasks:
+
+--task decoder (default): the unCLIP decoder (Ramesh et al. 2022), which denoises images conditioned on
+    their CLIP image embedding, with 10% embedding dropout so classifier-free guidance works.
+--task instruct: the instruction-editing model (Brooks et al. 2023, InstructPix2Pix): the source image
+    is concatenated to x_t (6 input channels), the instruction enters as its CLIP text embedding (in the
+    decoder's embedding slot) and its token states (cross-attention); it starts from the decoder's
+    weights with the new input channels zero-initialized, and drops text / image / both 5% of the time
+    each for two-condition guidance.
+
+CLIP features come from a frozen CLIP and are computed once and cached (.cache/).
 
     python train_decoder.py                                  # the shipped checkpoints/decoder.pt, toy world, CPU
+    python train_decoder.py --task instruct                  # the shipped checkpoints/instruct.pt
     python train_decoder.py --steps 100 --out /tmp/dec.pt    # a quick run
     python train_decoder.py --data my_photos/ --clip ViT-B-32.pt --image-size 64 --device cuda
     torchrun --nproc_per_node 2 train_decoder.py ...         # DistributedDataParallel (gloo on CPU, nccl on GPU)
@@ -12,47 +21,42 @@ Embeddings come from a frozen CLIP and are computed once and cached.
 import argparse
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm import tqdm
 
+from minedit import toyworld as tw
 from minedit import training
 from minedit.diffusion import GaussianDiffusion
-from minedit.guidance import cfg
+from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
 from minedit.unet import UNet, UNetConfig
-from minedit.utils import CHECKPOINTS, autocast, image_grid, load_checkpoint, save_checkpoint, save_image_atomic, seed_everything, to_image
+from minedit.utils import CHECKPOINTS, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1400
+    task: str = "decoder"       # decoder | instruct
+    steps: int = 1600
     batch_size: int = 64        # per process
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    p_uncond: float = 0.1       # embedding dropout for classifier-free guidance
-    n_images: int = 20000       # toy-world training images (rendered once, cached)
+    ema_decay: float = 0.995     # short runs: average over the last ~200 steps
+    p_uncond: float = 0.1       # decoder: embedding dropout for classifier-free guidance
+    p_text: float = 0.05        # instruct: drop the instruction only
+    p_image: float = 0.05       # instruct: drop the source image only
+    p_both: float = 0.05        # instruct: drop both
+    n_images: int = 20000       # toy-world training images or edit triplets (rendered once, cached)
     seed: int = 0
     timesteps: int = 1000
     schedule: str = "cosine"
-    prediction: str = "eps"
+    prediction: str = "v"         # v = sqrt(abar) eps - sqrt(1 - abar) x0: usable x0 estimates at every t
     bf16: bool = True
-    sample_every: int = 700
-    save_every: int = 700
-    guidance: float = 3.0       # for the sample grids
-
-
-def load_decoder(path):
-    """(UNet with EMA weights, GaussianDiffusion, checkpoint dict) from a decoder checkpoint."""
-    ckpt = load_checkpoint(path, kind="decoder")
-    cfg_ = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
-    unet = UNet(cfg_)
-    unet.load_state_dict({k: v.float() for k, v in ckpt["model"].items()}, strict=True)
-    tc = ckpt["train_config"]
-    return unet.eval(), GaussianDiffusion(tc["timesteps"], tc["schedule"], tc["prediction"]), ckpt
+    sample_every: int = 400
+    save_every: int = 400
+    guidance: float = 3.0       # decoder sample grids
+    cfg_image: float = 1.5      # instruct sample grids
+    cfg_text: float = 4.0
 
 
 @torch.no_grad()
@@ -66,100 +70,139 @@ def sample_grid(unet, diffusion, emb, images, guidance, path, seed=0):
     save_image_atomic(image_grid(torch.cat([torch.from_numpy(images), torch.from_numpy(to_image(x))]).numpy(), len(emb)), path)
 
 
+@torch.no_grad()
+def instruct_grid(unet, diffusion, pairs, text, s_image, s_text, path, seed=0):
+    """A PNG: sources (top row), exact targets (middle), edits (bottom)."""
+    src = pairs[:, 0].permute(0, 3, 1, 2).float() / 127.5 - 1
+    g = torch.Generator().manual_seed(seed)
+    model = instruct_cfg(unet, s_image, s_text, src, text["emb"], text["states"].float(), text["mask"])
+    x = diffusion.ddim_sample(model, noise=torch.randn(src.shape, generator=g), steps=25)
+    rows = torch.cat([pairs[:, 0], pairs[:, 1], torch.from_numpy(to_image(x))])
+    save_image_atomic(image_grid(rows.numpy(), len(src)), path)
+
+
+def init_from_decoder(unet, path):
+    """InstructPix2Pix's initialization: every decoder weight whose shape matches; the input conv's
+    extra channels start at zero, so at step 0 the model is the decoder, blind to the source image."""
+    sd = {k: v.float() for k, v in load_checkpoint(path, kind="decoder")["model"].items()}
+    own = unet.state_dict()
+    loaded = []
+    for k, v in sd.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            own[k] = v
+        elif own[k].dim() == 4 and own[k].shape[1] > v.shape[1] and own[k].shape[0] == v.shape[0]:
+            own[k] = torch.cat([v, v.new_zeros(v.shape[0], own[k].shape[1] - v.shape[1], *v.shape[2:])], dim=1)
+        else:
+            continue
+        loaded.append(k)
+    unet.load_state_dict(own, strict=True)
+    return loaded
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     training.add_dataclass_flags(p, TrainConfig, UNetConfig)
     p.add_argument("--clip", default=str(CHECKPOINTS / "clip.pt"), help="CLIP weights that clip.load reads (default: %(default)s)")
-    p.add_argument("--data", default=None, help="a folder of images to train on instead of the toy world")
-    p.add_argument("--out", default=str(CHECKPOINTS / "decoder.pt"), help="checkpoint path (default: %(default)s)")
-    p.add_argument("--samples", default="runs/decoder", help="folder for sample grids (default: %(default)s)")
+    p.add_argument("--data", default=None, help="decoder: a folder of images to train on instead of the toy world")
+    p.add_argument("--init", default=None, help="instruct: the decoder to start from (default: checkpoints/decoder.pt)")
+    p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<task>.pt)")
+    p.add_argument("--samples", default=None, help="folder for sample grids (default: runs/<task>)")
     p.add_argument("--resume", default=None, help="continue from this checkpoint")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     args = vars(p.parse_args())
-    for flag in ("clip", "resume", "data"):
+    task = args["task"] or "decoder"
+    if task not in ("decoder", "instruct"):
+        print(f"error: --task {task}: must be decoder or instruct", file=sys.stderr)
+        sys.exit(2)
+    if task == "instruct" and not args["resume"]:
+        args["init"] = args["init"] or str(CHECKPOINTS / "decoder.pt")
+    for flag in ("clip", "resume", "data", "init"):
         if args[flag] and not os.path.exists(args[flag]):
             print(f"error: --{flag} {args[flag]}: no such file or folder", file=sys.stderr)
             sys.exit(2)
+    out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
+    sample_dir = args["samples"] or f"runs/{task}"
 
     rank, world, device = training.setup_distributed(args["device"])
-    ckpt = load_checkpoint(args["resume"], kind="decoder") if args["resume"] else None
+    ckpt = load_checkpoint(args["resume"], kind=task) if args["resume"] else None
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
+    tc.task = task
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     seed_everything(tc.seed + rank)
-
-    # data: uint8 images (N, H, W, 3) and their CLIP image embeddings (N, E), computed once and cached
-    if args["data"]:
-        res = args["image_size"] or UNetConfig.image_size
-        _, pils, images = training.folder_images(args["data"], res)
-        emb = training.clip_image_embeddings(args["clip"], pils)
-    else:
-        images, _, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, args["image_size"] or UNetConfig.image_size)
+    res = args["image_size"] or UNetConfig.image_size
     base = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}) if ckpt else UNetConfig()
+    if task == "instruct" and not ckpt:  # the decoder's architecture, with 6 input channels and cross-attention
+        dec = load_checkpoint(args["init"], kind="decoder")["config"]
+        base = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dec.items()})
+        base.in_channels = 2 * base.out_channels
     mc = training.override(base, args)
-    mc.embed_dim, mc.image_size = emb.shape[1], images.shape[1]
-    x_all = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
+
+    # data, as uint8 arrays and CLIP features computed once and cached
+    clip_tag = training.file_hash(args["clip"])
+    if task == "decoder":
+        if args["data"]:
+            _, pils, images = training.folder_images(args["data"], res)
+            emb = training.clip_image_embeddings(args["clip"], pils)
+        else:
+            images, _, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res)
+        mc.embed_dim, mc.image_size = emb.shape[1], images.shape[1]
+        x_all = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
+        what = f"{len(x_all)} images"
+    else:
+        data = tw.EditDataset("train", n=tc.n_images, seed=tc.seed, res=res, cache=".cache")
+        pairs = torch.from_numpy(data.images)  # uint8 (N, 2, H, W, 3): source, target
+        instructions = [data.edit(i).instruction for i in range(len(data))]
+        text = training.clip_text_features(args["clip"], instructions,
+                                           f".cache/clip-instr-{clip_tag}-train-n{tc.n_images}-seed{tc.seed}.pt")
+        mc.embed_dim, mc.context_dim, mc.image_size = text["emb"].shape[1], text["states"].shape[2], res
+        x_all = pairs.permute(0, 1, 4, 2, 3)  # uint8 (N, 2, 3, H, W)
+        what = f"{len(x_all)} edit triplets"
 
     unet = UNet(mc).to(device)
-    start = 0
-    if ckpt:
-        unet.load_state_dict({k: v.float() for k, v in ckpt.get("raw_model", ckpt["model"]).items()}, strict=True)
-        start = ckpt["step"]
-    ema = training.EMA(unet, tc.ema_decay)
-    if ckpt:
-        ema.shadow = {k: v.float().clone() for k, v in ckpt["model"].items()}
-    model = torch.nn.parallel.DistributedDataParallel(unet) if world > 1 else unet
-    opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    if ckpt and "optimizer" in ckpt:
-        opt.load_state_dict(ckpt["optimizer"])
+    if task == "instruct" and not ckpt:
+        n = len(init_from_decoder(unet, args["init"]))
+        if rank == 0:
+            print(f"initialized {n} of {len(unet.state_dict())} tensors from {args['init']}")
     diffusion = GaussianDiffusion(tc.timesteps, tc.schedule, tc.prediction).to(device)
-    clip_tag = training.file_hash(args["clip"])
     if rank == 0:
-        print(f"decoder: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters; {len(x_all)} images "
-              f"{tuple(x_all.shape[2:])}; embed dim {mc.embed_dim}; {world} process(es) on {device}; seed {tc.seed}; "
-              f"steps {start} -> {tc.steps}")
+        print(f"{task}: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters; {what} "
+              f"{res}x{res}; {world} process(es) on {device}; seed {tc.seed}; steps {ckpt['step'] if ckpt else 0} -> {tc.steps}")
 
-    def save(step, final):
-        if rank != 0:
-            return
-        out = {"kind": "decoder", "version": 1, "config": asdict(mc), "train_config": asdict(tc), "step": step,
-               "clip_sha256_16": clip_tag, "model": {k: v.half() for k, v in ema.shadow.items()}}
-        if not final:
-            out["raw_model"] = unet.state_dict()
-            out["optimizer"] = opt.state_dict()
-        save_checkpoint(out, args["out"])
-
-    g = torch.Generator().manual_seed(tc.seed * 1000 + rank)
-    t0, seen = time.time(), 0
-    pbar = tqdm(range(start, tc.steps), desc="decoder", mininterval=2, disable=rank != 0)
-    for step in pbar:
+    def decoder_loss(model, step, g):
         idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g)
         x0 = (x_all[idx].float() / 127.5 - 1).to(device)
-        e = emb[idx].to(device)
         drop = (torch.rand(tc.batch_size, generator=g) < tc.p_uncond).to(device)
-        for group in opt.param_groups:
-            group["lr"] = training.lr_at(step, tc.lr, tc.warmup, tc.steps)
-        with autocast(device, tc.bf16):
-            loss = diffusion.training_losses(model, x0, model_kwargs={"emb": e, "drop_emb": drop}, generator=g).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet, step)
-        seen += tc.batch_size * world
-        pbar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.time() - t0):.0f}")
-        if rank == 0 and tc.sample_every and (step + 1) % tc.sample_every == 0:
-            shadow = UNet(mc)
-            shadow.load_state_dict(ema.shadow)
-            os.makedirs(args["samples"], exist_ok=True)
-            sample_grid(shadow.eval(), diffusion.cpu(), emb[:8], images[:8], tc.guidance,
-                        os.path.join(args["samples"], f"step{step + 1:06d}.png"))
-            diffusion.to(device)
-        if tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < tc.steps:
-            save(step + 1, final=False)
-    save(tc.steps, final=True)
-    if rank == 0:
-        print(f"trained to step {tc.steps} in {(time.time() - t0) / 60:.1f} min; wrote {args['out']}")
+        return diffusion.training_losses(model, x0, model_kwargs={"emb": emb[idx].to(device), "drop_emb": drop},
+                                         generator=g).mean()
+
+    def instruct_loss(model, step, g):
+        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g)
+        x = (x_all[idx].float() / 127.5 - 1).to(device)  # (B, 2, 3, H, W)
+        m = condition_dropout(tc.batch_size, tc.p_text, tc.p_image, tc.p_both, g, device)
+        kw = instruct_kwargs(x[:, 0], text["emb"][idx].to(device), text["states"][idx].float().to(device),
+                             text["mask"][idx].to(device), m["drop_image"], m["drop_text"])
+        return diffusion.training_losses(model, x[:, 1], model_kwargs=kw, generator=g).mean()
+
+    def samples(step, ema):
+        if not tc.sample_every or (step + 1) % tc.sample_every:
+            return
+        shadow = UNet(mc)
+        shadow.load_state_dict(ema.shadow)
+        os.makedirs(sample_dir, exist_ok=True)
+        path = os.path.join(sample_dir, f"step{step + 1:06d}.png")
+        if task == "decoder":
+            sample_grid(shadow.eval(), diffusion.cpu(), emb[:8], images[:8], tc.guidance, path)
+        else:
+            instruct_grid(shadow.eval(), diffusion.cpu(), pairs[:8], {k: v[:8] for k, v in text.items()},
+                          tc.cfg_image, tc.cfg_text, path)
+        diffusion.to(device)
+
+    meta = {"kind": task, "version": 1, "config": asdict(mc), "clip_sha256_16": clip_tag}
+    training.fit(unet, decoder_loss if task == "decoder" else instruct_loss, tc, device, rank, world, ckpt, out,
+                 meta, task, samples)
     if world > 1:
         torch.distributed.destroy_process_group()
 

@@ -8,7 +8,6 @@
 """
 import argparse
 import json
-import math
 import time
 
 import torch
@@ -17,10 +16,8 @@ import torch.nn.functional as F
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip, normalize
 from minedit.guidance import cfg
+from minedit.pipeline import load_decoder
 from minedit.reader import load_reader, read
-import os, sys  # noqa: E401
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from train_decoder import load_decoder  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--decoder", default="checkpoints/decoder.pt")

@@ -160,7 +160,11 @@ class CLIP(nn.Module):
         eot = (text == self.config.eot_token).int().argmax(-1)  # (B,) position of the first end token
         T = int(eot.max()) + 1  # causal attention: positions after every end token change nothing
         text = text[:, :T]
-        x = self.token_embedding(text)  # (B, T, W)
+        V = self.token_embedding.num_embeddings
+        extra = set(text[text >= V].tolist()) - set(token_overrides or {})
+        if extra:
+            raise ValueError(f"token ids {sorted(extra)} are past the vocabulary; give their vectors in token_overrides")
+        x = self.token_embedding(text.clamp(max=V - 1))  # (B, T, W); added tokens get their rows below
         for tid, vec in (token_overrides or {}).items():
             x = torch.where((text == tid)[..., None], vec.to(x.dtype), x)
         x = x + self.positional_embedding[:T].to(x.dtype)

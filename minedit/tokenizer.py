@@ -55,9 +55,25 @@ class Tokenizer:
         self.decoder = {i: tok for tok, i in self.encoder.items()}
         self.ranks = {m: i for i, m in enumerate(merges)}
         self.cache = {SOT: SOT, EOT: EOT}
-        self.pattern = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                                     regex.IGNORECASE)
+        self.base_pattern = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+        self.pattern = regex.compile(self.base_pattern, regex.IGNORECASE)
+        self.added = []
         self.sot, self.eot = self.encoder[SOT], self.encoder[EOT]
+
+    def add_tokens(self, tokens):
+        """Add whole tokens after the vocabulary (textual inversion's placeholders, e.g. "<s*>"); they
+        are matched before BPE, so they are never split. Returns their ids (49408 up)."""
+        ids = []
+        for t in tokens:
+            t = clean(t)
+            if t not in self.encoder:
+                i = len(self.decoder)
+                self.encoder[t], self.decoder[i], self.cache[t] = i, t + "</w>", t
+                self.added.append(t)
+            ids.append(self.encoder[t])
+        longest_first = sorted(self.added, key=len, reverse=True)  # "<s*>_1" before "<s*>"
+        self.pattern = regex.compile("|".join(map(regex.escape, longest_first)) + "|" + self.base_pattern, regex.IGNORECASE)
+        return ids
 
     def bpe(self, word):
         """Merge the symbols of one pre-token, lowest-ranked pair first; returns space-separated symbols."""

@@ -5,12 +5,16 @@ of toy-world scenes or of a folder of the user's images."""
 import hashlib
 import math
 import os
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+
+from tqdm import tqdm
 
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip
@@ -55,6 +59,59 @@ def lr_at(step, lr, warmup, total, floor=0.1):
         return lr * (step + 1) / warmup
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
     return lr * (floor + (1 - floor) * cos)
+
+
+def fit(net, loss_fn, tc, device, rank, world, ckpt, out, meta, desc, callback=None, unit="img"):
+    """The training loop of train_decoder.py and train_prior.py. `net` is wrapped in DDP when world > 1;
+    AdamW with linear warmup and cosine decay, bf16 autocast (tc.bf16), gradient clipping at 1.0, EMA
+    weights, tqdm with the loss and samples/s. `loss_fn(model, step, generator)` returns one batch's mean
+    loss. Every tc.save_every steps, a resumable checkpoint (meta + EMA weights in fp16 + raw weights +
+    optimizer) goes to `out`; at the end the EMA weights only. `callback(step, ema)` runs after each
+    step on rank 0 (sample grids). `ckpt` is a checkpoint to resume from, or None. Returns the EMA."""
+    from minedit.utils import autocast, save_checkpoint
+    start = 0
+    if ckpt:
+        net.load_state_dict({k: v.float() for k, v in ckpt.get("raw_model", ckpt["model"]).items()}, strict=True)
+        start = ckpt["step"]
+    ema = EMA(net, tc.ema_decay)
+    if ckpt:
+        ema.shadow = {k: v.float().clone() for k, v in ckpt["model"].items()}
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    if ckpt and "optimizer" in ckpt:
+        opt.load_state_dict(ckpt["optimizer"])
+
+    def save(step, final):
+        if rank != 0:
+            return
+        state = {**meta, "train_config": asdict(tc), "step": step, "model": {k: v.half() for k, v in ema.shadow.items()}}
+        if not final:
+            state["raw_model"], state["optimizer"] = net.state_dict(), opt.state_dict()
+        save_checkpoint(state, out)
+
+    g = torch.Generator().manual_seed(tc.seed * 1000 + rank)
+    t0, seen = time.time(), 0
+    pbar = tqdm(range(start, tc.steps), desc=desc, mininterval=2, disable=rank != 0)
+    for step in pbar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, tc.lr, tc.warmup, tc.steps)
+        with autocast(device, tc.bf16):
+            loss = loss_fn(model, step, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema.update(net, step)
+        seen += tc.batch_size * world
+        pbar.set_postfix({"loss": f"{loss.item():.4f}", f"{unit}/s": f"{seen / (time.time() - t0):.0f}"})
+        if rank == 0 and callback is not None:
+            callback(step, ema)
+        if tc.save_every and (step + 1) % tc.save_every == 0 and step + 1 < tc.steps:
+            save(step + 1, final=False)
+    save(tc.steps, final=True)
+    if rank == 0:
+        print(f"trained to step {tc.steps} in {(time.time() - t0) / 60:.1f} min; wrote {out}")
+    return ema
 
 
 def add_dataclass_flags(parser, *classes):
@@ -125,3 +182,42 @@ def toy_training_set(clip_path, n, seed, res, cache_dir=".cache"):
     pils = [Image.fromarray(im) for im in data.images]
     emb = clip_image_embeddings(clip_path, pils, os.path.join(cache_dir, f"clip-emb-{tag}.pt"))
     return data.images, data, emb
+
+
+@torch.no_grad()
+def clip_text_features(clip_path, texts, cache=None, batch_size=512):
+    """CLIP text features of a list of strings: unit-norm embeddings (N, E) fp32, final token states
+    (N, T, W) fp16 and their mask (N, T) bool, T the longest text's length; cached in `cache` if given."""
+    if cache is not None and os.path.exists(cache):
+        return torch.load(cache, weights_only=True)
+    from minedit.tokenizer import tokenize
+    model, _ = load_clip(clip_path)
+    ids = tokenize(texts, model.config.context_length)
+    lengths = (ids == model.config.eot_token).int().argmax(-1) + 1  # (N,) tokens up to and with EOT
+    T = int(lengths.max())
+    emb = torch.empty(len(texts), model.config.embed_dim)
+    states = torch.zeros(len(texts), T, model.config.transformer_width, dtype=torch.float16)
+    for i in range(0, len(texts), batch_size):
+        z, h = model.encode_text(ids[i:i + batch_size], return_states=True)
+        emb[i:i + batch_size] = F.normalize(z.float(), dim=-1)
+        states[i:i + batch_size, :h.shape[1]] = h.half()
+    feats = {"emb": emb, "states": states, "mask": torch.arange(T)[None] < lengths[:, None]}
+    if cache is not None:
+        from minedit.utils import atomic_path
+        os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
+        with atomic_path(cache) as tmp:
+            torch.save(feats, tmp)
+    return feats
+
+
+def toy_captions(data):
+    """One paraphrased caption per scene of a toyworld.SceneDataset."""
+    return [data.caption(i) for i in range(len(data))]
+
+
+def folder_captions(paths):
+    """The caption of each image: the text of the same-name .txt file next to it."""
+    missing = [p for p in paths if not p.with_suffix(".txt").exists()]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) have no same-name .txt caption, e.g. {missing[0]}")
+    return [p.with_suffix(".txt").read_text().strip() for p in paths]

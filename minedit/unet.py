@@ -171,18 +171,26 @@ class UNet(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, c.out_channels, 3, padding=1)))
 
-    def forward(self, x, t, emb=None, context=None, context_mask=None, drop_emb=None):
-        """x (B, in_channels, H, W), t (B,) int; emb (B, embed_dim); context (B, T, context_dim) with
-        context_mask (B, T) True where valid; drop_emb (B,) bool replaces emb by the learned null.
-        Returns (B, out_channels, H, W)."""
+    def forward(self, x, t, emb=None, context=None, context_mask=None, drop_emb=None, concat=None):
+        """x (B, C, H, W), t (B,) int; emb (B, embed_dim); context (B, T, context_dim) with
+        context_mask (B, T) True where valid; drop_emb (B,) bool replaces emb by the learned null;
+        concat (B, in_channels - C, H, W) is appended to x's channels (instruction editing: the source
+        image). Returns (B, out_channels, H, W)."""
         c = self.config
+        if concat is not None:
+            x = torch.cat([x, concat.to(x.dtype)], dim=1)  # (B, in_channels, H, W)
         h_emb = self.time_embed(timestep_embedding(t, c.model_channels).to(x.dtype))
         tokens, mask = [], []
         if c.embed_dim:
             if emb is None:
                 emb = self.null_emb.expand(x.shape[0], -1)
-            elif drop_emb is not None:
-                emb = torch.where(drop_emb[:, None], self.null_emb.to(emb.dtype), emb)
+            else:
+                # A unit-norm embedding has entries of size ~1/sqrt(d); scaled by sqrt(d) they have unit
+                # variance, which the default init of the projections expects. Unscaled, the decoder
+                # learned to ignore its embedding (measured: samples changed <1% when it was swapped).
+                emb = emb * c.embed_dim ** 0.5
+                if drop_emb is not None:
+                    emb = torch.where(drop_emb[:, None], self.null_emb.to(emb.dtype), emb)
             h_emb = h_emb + self.emb_proj(emb)
             tokens.append(self.emb_tokens(emb).view(x.shape[0], c.embed_tokens, -1))
             mask.append(torch.ones(x.shape[0], c.embed_tokens, dtype=torch.bool, device=x.device))

@@ -23,3 +23,59 @@ def test_cfg_refuses_branches_with_different_arguments():
     x, t = torch.randn(2, 4), torch.tensor([1, 2])
     with pytest.raises(ValueError, match="same keyword arguments"):
         cfg(toy_model, 3.0, {}, {"c": torch.zeros(2, 4)})(x, t)
+
+
+def two_cond_model(x, t, img=None, txt=None):
+    """A denoiser whose output depends non-linearly on both conditions and on their interaction."""
+    return x * 0.3 + torch.tanh(img) * 0.7 + txt * img * 0.2 + torch.sin(txt)
+
+
+def test_cfg2_matches_the_formula_and_reduces_as_stated():
+    from minedit.guidance import cfg2
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 4, generator=g), torch.tensor([1, 2, 3])
+    img, txt, z = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.zeros(3, 4)
+    full, image, none = {"img": img, "txt": txt}, {"img": img, "txt": z}, {"img": z, "txt": z}
+    e_ct, e_c0, e_00 = two_cond_model(x, t, **full), two_cond_model(x, t, **image), two_cond_model(x, t, **none)
+    for s_i, s_t in [(1.5, 7.5), (0.0, 3.0), (2.0, 0.0), (1.2, 1.0)]:
+        got = cfg2(two_cond_model, s_i, s_t, full, image, none)(x, t)
+        torch.testing.assert_close(got, e_00 + s_i * (e_c0 - e_00) + s_t * (e_ct - e_c0), atol=1e-5, rtol=1e-5)
+    # s_I = 1: single-condition CFG on the text, given the image
+    for s_t in (0.5, 4.0):
+        torch.testing.assert_close(cfg2(two_cond_model, 1.0, s_t, full, image, none)(x, t),
+                                   cfg(two_cond_model, s_t, full, image)(x, t), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cfg2(two_cond_model, 1.0, 1.0, full, image, none)(x, t), e_ct)
+
+
+def test_explain_returns_the_predictions_and_their_differences():
+    from minedit.guidance import explain
+    x, t = torch.randn(2, 4), torch.tensor([1, 2])
+    img, txt, z = torch.randn(2, 4), torch.randn(2, 4), torch.zeros(2, 4)
+    out = explain(two_cond_model, x, t, {"img": img, "txt": txt}, {"img": img, "txt": z}, {"img": z, "txt": z})
+    torch.testing.assert_close(out["text direction e(cI,cT)-e(cI,0)"], two_cond_model(x, t, img, txt) - two_cond_model(x, t, img, z))
+    torch.testing.assert_close(out["image direction e(cI,0)-e(0,0)"], two_cond_model(x, t, img, z) - two_cond_model(x, t, z, z))
+
+
+def test_condition_dropout_split_frequencies():
+    from minedit.guidance import condition_dropout
+    n = 200_000
+    m = condition_dropout(n, 0.05, 0.05, 0.05, generator=torch.Generator().manual_seed(0))
+    parts = torch.stack([m["only_text"], m["only_image"], m["both"]])
+    assert parts.sum(0).max() <= 1  # disjoint
+    tol = 4 * (0.05 * 0.95 / n) ** 0.5  # 4 standard errors
+    for name in ("only_text", "only_image", "both"):
+        assert abs(m[name].float().mean().item() - 0.05) < tol, name
+    assert abs(m["drop_text"].float().mean().item() - 0.10) < 2 * tol
+    assert torch.equal(m["drop_text"], m["only_text"] | m["both"])
+    assert torch.equal(m["drop_image"], m["only_image"] | m["both"])
+
+
+def test_instruct_kwargs_apply_the_nulls():
+    from minedit.guidance import instruct_kwargs
+    src, emb, states = torch.randn(3, 3, 8, 8), torch.randn(3, 16), torch.randn(3, 5, 24)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    di, dt = torch.tensor([True, False, False]), torch.tensor([False, True, False])
+    kw = instruct_kwargs(src, emb, states, mask, di, dt)
+    assert kw["concat"][0].abs().max() == 0 and torch.equal(kw["concat"][1:], src[1:])
+    assert torch.equal(kw["drop_emb"], dt)
+    assert not kw["context_mask"][1].any() and kw["context_mask"][[0, 2]].all()

@@ -72,3 +72,79 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "missing.pt" in r.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+TINY_PRIOR = ["--n-images", "32", "--batch-size", "4", "--width", "32", "--layers", "1", "--heads", "2", "--save-every", "0"]
+
+
+def test_train_instruct_from_a_decoder_and_resume(tiny_clip, tmp_path):
+    dec = tmp_path / "dec.pt"
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(dec)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "ins.pt"
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--init", str(dec), "--clip", str(tiny_clip),
+             "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "edit triplets" in r.stdout and "initialized" in r.stdout
+    ck = torch.load(out, weights_only=True)
+    assert ck["kind"] == "instruct" and ck["config"]["in_channels"] == 6 and ck["config"]["context_dim"] == 64
+    d = torch.load(dec, weights_only=True)["model"]
+    # the new input channels start at zero; the old ones start from the decoder (then train 2 steps)
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--resume", str(out), "--clip", str(tiny_clip),
+             "--steps", "3", *TINY_UNET, "--out", str(tmp_path / "ins2.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "ins2.pt", weights_only=True)["step"] == 3
+    assert d["input_blocks.0.0.weight"].shape[1] == 3
+
+
+def test_init_from_decoder_zero_inits_the_new_channels():
+    sys.path.insert(0, ROOT)
+    from train_decoder import init_from_decoder
+    from minedit.unet import UNet, UNetConfig
+    from minedit.utils import save_checkpoint
+    import tempfile
+    dec = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16))
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint({"kind": "decoder", "model": dec.state_dict()}, os.path.join(d, "dec.pt"))
+        ins = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16, in_channels=6, context_dim=12))
+        loaded = init_from_decoder(ins, os.path.join(d, "dec.pt"))
+    w = ins.state_dict()["input_blocks.0.0.weight"]
+    assert torch.equal(w[:, :3], dec.state_dict()["input_blocks.0.0.weight"]) and w[:, 3:].abs().max() == 0
+    assert "input_blocks.0.0.weight" in loaded and not any(k.startswith("context_proj") for k in loaded)
+
+
+def test_train_prior_runs_and_resumes(tiny_clip, tmp_path):
+    out = tmp_path / "prior.pt"
+    r = run([os.path.join(ROOT, "train_prior.py"), "--clip", str(tiny_clip), "--steps", "2", *TINY_PRIOR, "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    ck = torch.load(out, weights_only=True)
+    assert ck["kind"] == "prior" and ck["config"]["embed_dim"] == 32
+    assert ck["model"]["std"].float().min() > 0 and not torch.all(ck["model"]["mean"] == 0)  # standardization stored
+    r = run([os.path.join(ROOT, "train_prior.py"), "--clip", str(tiny_clip), "--resume", str(out), "--steps", "3",
+             *TINY_PRIOR, "--out", str(tmp_path / "p2.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.load(tmp_path / "p2.pt", weights_only=True)["step"] == 3
+
+
+def test_train_prior_on_a_folder_needs_captions(tiny_clip, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a picture number {i}")
+    r = run([os.path.join(ROOT, "train_prior.py"), "--clip", str(tiny_clip), "--data", str(folder), "--steps", "2",
+             *TINY_PRIOR, "--out", str(tmp_path / "p.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    os.remove(folder / "1.txt")
+    r = run([os.path.join(ROOT, "train_prior.py"), "--clip", str(tiny_clip), "--data", str(folder), "--steps", "2",
+             *TINY_PRIOR, "--out", str(tmp_path / "p3.pt")], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and ".txt" in r.stderr
+    assert not (tmp_path / "p3.pt").exists()
+
+
+def test_prior_two_processes_ddp(tiny_clip, tmp_path):
+    r = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+             os.path.join(ROOT, "train_prior.py"), "--clip", str(tiny_clip), "--steps", "2", *TINY_PRIOR,
+             "--device", "cpu", "--out", str(tmp_path / "ddp.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout

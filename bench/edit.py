@@ -1,0 +1,157 @@
+"""The edit benchmark: held-out test triplets (source, instruction, exact target), every method, the
+same metrics.
+
+Metrics, per method (and per edit type for the main one):
+- l1, l2: distance to the exact target image, pixels in [0, 1];
+- success: the attribute reader reads every attribute of the result as the target's;
+- preservation: of the attributes the edit did not touch, the fraction still right;
+- clip_im: cos(CLIP(result), CLIP(source)); clip_out: cos(CLIP(result), text(target caption));
+  clip_dir: cos(CLIP(result) - CLIP(source), text(target caption) - text(source caption))
+  (InstructPix2Pix's CLIP metrics, with the shipped CLIP).
+
+Methods: instruct (a small s_I x s_T grid on the first --n-grid triplets, then the defaults on all),
+sdedit (decoder conditioned on prior(target caption)), textdiff (target vs source caption), ref (the
+direction of another test triplet's pair with the same instruction kind and the same change).
+
+    python bench/edit.py [--n 500] [--methods instruct sdedit textdiff ref] [--steps 20]   # JSON + a table
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from minedit import pipeline
+from minedit import toyworld as tw
+from minedit.reader import attributes, load_reader, read
+from minedit.utils import CHECKPOINTS
+
+p = argparse.ArgumentParser()
+p.add_argument("--weights", default=str(CHECKPOINTS))
+p.add_argument("--n", type=int, default=500)
+p.add_argument("--n-grid", type=int, default=100, help="triplets for the instruct s_I x s_T grid (0: no grid)")
+p.add_argument("--n-slow", type=int, default=200, help="triplets for textdiff and ref (they invert every image)")
+p.add_argument("--methods", nargs="+", default=["instruct", "sdedit", "textdiff", "ref"])
+p.add_argument("--steps", type=int, default=20)
+p.add_argument("--cfg-image", type=float, default=1.5)
+p.add_argument("--cfg-text", type=float, default=5.0)
+p.add_argument("--grid-image", type=float, nargs="+", default=[1.0, 1.5, 2.5])
+p.add_argument("--grid-text", type=float, nargs="+", default=[3.0, 5.0, 7.5])
+p.add_argument("--strength", type=float, default=0.6)
+p.add_argument("--theta", type=float, default=0.5)
+p.add_argument("--batch", type=int, default=100)
+p.add_argument("--out", default=None, help="also write the JSON here")
+a = p.parse_args()
+torch.set_num_threads(2)
+t0 = time.time()
+models = pipeline.Models(a.weights)
+reader = load_reader()
+edits = [tw.sample_edit(0, "test", i) for i in range(a.n)]
+src = tw.render_batch([e.source for e in edits], 32)
+tgt = tw.render_batch([e.target for e in edits], 32)
+src_cap, tgt_cap = [tw.caption(e.source) for e in edits], [tw.caption(e.target) for e in edits]
+z_src = pipeline.encode_images(models.clip, src)
+t_src, t_tgt = pipeline.encode_texts(models.clip, src_cap)["emb"], pipeline.encode_texts(models.clip, tgt_cap)["emb"]
+
+
+def metrics(out, idx):
+    """Metrics of results `out` (k, 3, 32, 32) for triplets idx; per-sample dicts."""
+    got = read(reader, out)
+    z = pipeline.encode_images(models.clip, out)
+    rows = []
+    for j, i in enumerate(idx):
+        e, r = edits[i], attributes(got[j])
+        want, before = attributes(e.target), attributes(e.source)
+        kept = [k for k in want if before.get(k) == want[k]]
+        d = z[j] - z_src[i]
+        rows.append({
+            "kind": e.kind,
+            "l1": ((out[j] - tgt[i]).abs() / 2).mean().item(),
+            "l2": (((out[j] - tgt[i]) / 2) ** 2).mean().item(),
+            "success": float(r == want),
+            "preservation": sum(r.get(k) == want[k] for k in kept) / max(1, len(kept)),
+            "clip_im": (z[j] * z_src[i]).sum().item(),
+            "clip_out": (z[j] * t_tgt[i]).sum().item(),
+            "clip_dir": F.cosine_similarity(d, t_tgt[i] - t_src[i], dim=0).item() if d.norm() > 1e-6 else 0.0,
+        })
+    return rows
+
+
+def summary(rows):
+    keys = ("success", "preservation", "l1", "l2", "clip_im", "clip_dir", "clip_out")
+    return {"n": len(rows), **{k: round(sum(r[k] for r in rows) / len(rows), 4) for k in keys}}
+
+
+def run(method, idx, **kw):
+    outs = []
+    for b in range(0, len(idx), a.batch):
+        ib = idx[b:b + a.batch]
+        x = src[ib]
+        g = torch.Generator().manual_seed(b)
+        if method == "instruct":
+            y = pipeline.edit_instruct(models, x, [edits[i].instruction for i in ib], kw["s_image"], kw["s_text"], a.steps, g)
+        elif method == "sdedit":
+            y = pipeline.edit_sdedit(models, x, [tgt_cap[i] for i in ib], a.strength, 3.0, a.steps, g)
+        elif method == "textdiff":
+            d = F.normalize(t_tgt[ib] - t_src[ib], dim=-1)
+            y = pipeline.edit_direction(models, x, d, a.theta, 1.0, a.steps)
+        else:  # ref: the pair of another triplet with the same instruction
+            d = F.normalize(torch.stack([ref_direction(i) for i in ib]), dim=-1)
+            y = pipeline.edit_direction(models, x, d, a.theta, 1.0, a.steps)
+        outs.append(y)
+    return torch.cat(outs)
+
+
+def ref_direction(i):
+    """CLIP direction of an example pair showing the same edit: another test source, edited with the
+    same instruction (toy-world edits are re-applied by their attributes)."""
+    e = edits[i]
+    for k in range(1, 400):
+        other = tw.sample_edit(1, "test", i * 1000 + k, kind=e.kind)
+        if other.instruction == e.instruction:
+            z = pipeline.encode_images(models.clip, tw.render_batch([other.source, other.target], 32))
+            return z[1] - z[0]
+    ref_fallbacks.append(i)
+    return t_tgt[i] - t_src[i]  # no pair found: fall back to the text direction
+
+
+ref_fallbacks = []
+
+
+result = {"n": a.n, "steps": a.steps, "methods": {}}
+all_idx = list(range(a.n))
+if "instruct" in a.methods:
+    if a.n_grid:
+        grid = {}
+        for si in a.grid_image:
+            for st in a.grid_text:
+                grid[f"s_I={si:g},s_T={st:g}"] = summary(metrics(run("instruct", all_idx[:a.n_grid], s_image=si, s_text=st), all_idx[:a.n_grid]))
+        result["instruct_grid"] = grid
+    rows = metrics(run("instruct", all_idx, s_image=a.cfg_image, s_text=a.cfg_text), all_idx)
+    result["methods"]["instruct"] = summary(rows)
+    result["instruct_per_kind"] = {k: summary([r for r in rows if r["kind"] == k]) for k in tw.EDIT_KINDS}
+    result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text}
+for m in ("sdedit", "textdiff", "ref"):
+    if m in a.methods:
+        idx = all_idx if m == "sdedit" else all_idx[:a.n_slow]
+        rows = metrics(run(m, idx), idx)
+        result["methods"][m] = summary(rows)
+        result[f"{m}_per_kind"] = {k: summary([r for r in rows if r["kind"] == k]) for k in tw.EDIT_KINDS}
+if "ref" in a.methods:
+    result["ref_pairs_not_found_used_text_direction"] = len(ref_fallbacks)
+result["seconds"] = round(time.time() - t0)
+text = json.dumps(result, indent=1)
+print(text)
+if a.out:
+    with open(a.out, "w") as f:
+        f.write(text)
+
+cols = ("n", "success", "preservation", "l1", "l2", "clip_im", "clip_dir", "clip_out")
+print("\n| method | " + " | ".join(cols) + " |\n|---" * (len(cols) + 1) + "|")
+for m, s in result["methods"].items():
+    print(f"| {m} | " + " | ".join(str(s[c]) for c in cols) + " |")
+if "instruct_per_kind" in result:
+    print("\n| edit (instruct) | " + " | ".join(cols) + " |\n|---" * (len(cols) + 1) + "|")
+    for k, s in result["instruct_per_kind"].items():
+        print(f"| {k} | " + " | ".join(str(s[c]) for c in cols) + " |")

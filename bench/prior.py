@@ -1,0 +1,68 @@
+"""Diffusion prior quality on held-out test captions (unseen shape-colour combinations).
+
+1. Cosine similarity between an embedding and the true CLIP image embedding of the scene the caption
+   describes, for: the prior's sample (best of 2), the caption's text embedding used directly, and the
+   nearest training image embedding to the text embedding (retrieval).
+2. text -> prior -> decoder -> image, read by the attribute reader: the fraction of images whose
+   colours, shapes (as multisets) and style are those the caption names. Scenes with the unnamed
+   concept shape are left out (their captions call it "object").
+
+    python bench/prior.py [--n 500] [--guidance 2] [--decoder-guidance 3] [--steps 50]   # prints JSON
+"""
+import argparse
+import json
+import time
+
+import torch
+
+from minedit import toyworld as tw
+from minedit import training
+from minedit.pipeline import Models, decode, encode_images, encode_texts, text_to_embedding
+from minedit.reader import load_reader, read
+from minedit.utils import CHECKPOINTS
+
+p = argparse.ArgumentParser()
+p.add_argument("--weights", default=str(CHECKPOINTS))
+p.add_argument("--n", type=int, default=500)
+p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="prior CFG scales to compare")
+p.add_argument("--decoder-guidance", type=float, default=3.0)
+p.add_argument("--steps", type=int, default=50)
+p.add_argument("--decoder-steps", type=int, default=25)
+p.add_argument("--no-decoder", action="store_true", help="skip part 2")
+a = p.parse_args()
+torch.set_num_threads(2)
+t0 = time.time()
+models = Models(a.weights)
+scenes, i = [], 0
+while len(scenes) < a.n:
+    s = tw.sample_scene(1, "test", i)
+    i += 1
+    if all(o.shape != tw.CONCEPT for o in s.objects):
+        scenes.append(s)
+captions = [tw.caption(s) for s in scenes]
+true = encode_images(models.clip, tw.render_batch(scenes, 32))
+text = encode_texts(models.clip, captions)["emb"]
+train_emb = training.toy_training_set(models.path("clip"), 20000, 0, 32)[2]
+nearest = train_emb[(text @ train_emb.T).argmax(1)]
+cos = lambda z: round((z * true).sum(-1).mean().item(), 4)
+result = {"n": a.n, "cosine_to_true_image_embedding": {"text_embedding": cos(text), "nearest_train_image": cos(nearest)}}
+best, best_g = None, None
+for g in a.guidance:
+    z = text_to_embedding(models, captions, guidance=g, steps=a.steps, generator=torch.Generator().manual_seed(0))
+    result["cosine_to_true_image_embedding"][f"prior_cfg{g:g}"] = cos(z)
+    if best is None or cos(z) > cos(best):
+        best, best_g = z, g
+
+if not a.no_decoder:
+    x = torch.cat([decode(models, best[j:j + 100], a.decoder_guidance, a.decoder_steps, generator=torch.Generator().manual_seed(j))
+                   for j in range(0, a.n, 100)])
+    got = read(load_reader(), x)
+    ms = lambda s, k: sorted(getattr(o, k) for o in s.objects)
+    acc = {k: sum(ms(s, k) == ms(r, k) for s, r in zip(scenes, got)) / a.n for k in ("color", "shape")}
+    acc["style"] = sum(s.style == r.style for s, r in zip(scenes, got)) / a.n
+    acc["all_three"] = sum(ms(s, "color") == ms(r, "color") and ms(s, "shape") == ms(r, "shape") and s.style == r.style
+                           for s, r in zip(scenes, got)) / a.n
+    result["text_to_image_reader_accuracy"] = {k: round(v, 4) for k, v in acc.items()}
+    result["prior_guidance"], result["decoder_guidance"] = best_g, a.decoder_guidance
+result["seconds"] = round(time.time() - t0)
+print(json.dumps(result, indent=1))

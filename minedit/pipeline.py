@@ -1,0 +1,209 @@
+"""
+The pieces put together: loading the shipped models, and the four ways edit.py edits an image.
+
+- unCLIP (Ramesh et al. 2022): text -> prior -> CLIP image embedding -> decoder -> image.
+- textdiff (DALL-E 2, section 3.3): move the image's CLIP embedding toward a text difference,
+  z = slerp(z_image, normalize(z_text(target) - z_text(source)), theta), and decode it from the
+  image's DDIM-inverted noise, so that theta = 0 gives the image back.
+- ref: the same, with the direction taken from an example pair of images (before, after).
+- sdedit (Meng et al. 2022): noise the image part of the way, denoise toward prior(text).
+- instruct (Brooks et al. 2023, InstructPix2Pix): the instruction-editing UNet with two-condition
+  guidance (minedit/guidance.py).
+
+Images are (B, 3, H, W) in [-1, 1] at the models' resolution; embeddings are unit-norm.
+
+    models = Models("checkpoints")
+    out = edit_instruct(models, x, "make the star blue", s_image=1.5, s_text=5.0)
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from minedit import clip as clip_lib
+from minedit.diffusion import GaussianDiffusion
+from minedit.guidance import cfg, instruct_cfg
+from minedit.prior import Prior, PriorConfig, rerank
+from minedit.tokenizer import tokenize
+from minedit.unet import UNet, UNetConfig
+from minedit.utils import load_checkpoint
+
+CHECKPOINT_FILES = {"clip": "clip.pt", "decoder": "decoder.pt", "prior": "prior.pt", "instruct": "instruct.pt"}
+
+
+def _unet_config(d):
+    return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _checked(ckpt, path, version=1):
+    if ckpt.get("version") != version:
+        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')!r}, this minedit reads version {version}")
+    return ckpt
+
+
+def load_decoder(path, kind="decoder"):
+    """(UNet with EMA weights, GaussianDiffusion, checkpoint dict) from a decoder or instruct checkpoint."""
+    ckpt = _checked(load_checkpoint(path, kind=kind), path)
+    unet = UNet(_unet_config(ckpt["config"]))
+    unet.load_state_dict({k: v.float() for k, v in ckpt["model"].items()}, strict=True)
+    tc = ckpt["train_config"]
+    return unet.eval(), GaussianDiffusion(tc["timesteps"], tc["schedule"], tc["prediction"]), ckpt
+
+
+def load_prior(path):
+    """(Prior with EMA weights, GaussianDiffusion, checkpoint dict) from a prior checkpoint."""
+    ckpt = _checked(load_checkpoint(path, kind="prior"), path)
+    prior = Prior(PriorConfig(**ckpt["config"]))
+    prior.load_state_dict({k: v.float() for k, v in ckpt["model"].items()}, strict=True)
+    tc = ckpt["train_config"]
+    return prior.eval(), GaussianDiffusion(tc["timesteps"], tc["schedule"], tc["prediction"]), ckpt
+
+
+class Models:
+    """The models of a weights folder, each loaded on first use."""
+
+    def __init__(self, folder, device="cpu"):
+        self.folder, self.device, self._cache = str(folder), torch.device(device), {}
+
+    def path(self, name):
+        return os.path.join(self.folder, CHECKPOINT_FILES[name])
+
+    def _get(self, name, load):
+        if name not in self._cache:
+            self._cache[name] = load(self.path(name))
+        return self._cache[name]
+
+    @property
+    def clip(self):
+        return self._get("clip", lambda p: clip_lib.load(p)[0].to(self.device).eval())
+
+    @property
+    def decoder(self):  # (unet, diffusion)
+        return self._get("decoder", lambda p: tuple(m.to(self.device) for m in load_decoder(p)[:2]))
+
+    @property
+    def prior(self):  # (prior, diffusion)
+        return self._get("prior", lambda p: tuple(m.to(self.device) for m in load_prior(p)[:2]))
+
+    @property
+    def instruct(self):  # (unet, diffusion)
+        return self._get("instruct", lambda p: tuple(m.to(self.device) for m in load_decoder(p, "instruct")[:2]))
+
+
+# -----------------------------------------------------------------------------
+# encoders, prior, decoder
+
+
+@torch.no_grad()
+def encode_images(clip, x):
+    """(B, 3, H, W) in [-1, 1] at CLIP's resolution -> unit-norm CLIP image embeddings (B, E)."""
+    return F.normalize(clip.encode_image(clip_lib.normalize(x)).float(), dim=-1)
+
+
+@torch.no_grad()
+def encode_texts(clip, texts, concepts=None):
+    """list of str -> dict(emb (B, E) unit-norm, states (B, T, W), mask (B, T) bool). `concepts`
+    (inversion.Concepts) lets the texts use learned words."""
+    n = clip.config.context_length
+    ids = concepts.tokenize(texts, n) if concepts else tokenize(texts, n)
+    ids = ids.to(clip.positional_embedding.device)
+    lengths = (ids == clip.config.eot_token).int().argmax(-1) + 1
+    z, h = clip.encode_text(ids, token_overrides=concepts.overrides if concepts else None, return_states=True)
+    mask = torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]
+    return {"emb": F.normalize(z.float(), dim=-1), "states": h.float(), "mask": mask}
+
+
+def _noise(shape, generator, device):
+    return torch.randn(shape, generator=generator).to(device)
+
+
+@torch.no_grad()
+def text_to_embedding(models, texts, guidance=2.0, steps=50, n_best=2, generator=None, concepts=None):
+    """The prior's CLIP image embeddings (B, E) for texts; best of n_best by CLIP similarity to the text."""
+    prior, diffusion = models.prior
+    t = encode_texts(models.clip, texts, concepts)
+    cands = torch.stack([prior.sample(diffusion, t["emb"], t["states"], t["mask"], guidance, steps, generator)
+                         for _ in range(n_best)])  # (N, B, E)
+    return rerank(cands, t["emb"])
+
+
+def decoder_model(unet, emb, guidance):
+    """The decoder as a denoiser (x, t) conditioned on emb (B, E), with CFG at scale `guidance`."""
+    drop = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
+    return cfg(unet, guidance, {"emb": emb, "drop_emb": ~drop}, {"emb": emb, "drop_emb": drop})
+
+
+@torch.no_grad()
+def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None):
+    """Images (B, 3, H, W) in [-1, 1] from CLIP image embeddings (B, E), DDIM from noise (or fresh noise)."""
+    unet, diffusion = models.decoder
+    if noise is None:
+        r = unet.config.image_size
+        noise = _noise((emb.shape[0], unet.config.out_channels, r, r), generator, emb.device)
+    return diffusion.ddim_sample(decoder_model(unet, emb, guidance), noise=noise, steps=steps)
+
+
+def slerp(a, b, theta):
+    """Spherical interpolation between unit vectors a and b (..., E): the point at angle fraction
+    theta along the great circle (theta = 0 -> a, 1 -> b). Nearly parallel vectors fall back to
+    normalized linear interpolation, where the angle formula divides by ~0."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    dot = (a * b).sum(-1, keepdim=True).clamp(-1, 1)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    near = so.abs() < 1e-4
+    safe = torch.where(near, torch.ones_like(so), so)
+    out = (torch.sin((1 - theta) * omega) * a + torch.sin(theta * omega) * b) / safe
+    lerp = F.normalize((1 - theta) * a + theta * b, dim=-1)
+    return torch.where(near, lerp, out)
+
+
+# -----------------------------------------------------------------------------
+# the editing methods
+
+
+@torch.no_grad()
+def edit_direction(models, x, direction, theta, guidance=1.0, steps=50):
+    """Decode slerp(z_image(x), direction, theta) from x's DDIM-inverted noise (the inversion uses the
+    same guided decoder conditioned on z_image, so theta = 0 reconstructs x)."""
+    unet, diffusion = models.decoder
+    z = encode_images(models.clip, x)
+    xT = diffusion.ddim_invert(decoder_model(unet, z, guidance), x, steps=steps)
+    target = slerp(z, direction.expand_as(z), theta)
+    return diffusion.ddim_sample(decoder_model(unet, target, guidance), noise=xT, steps=steps, clip_denoised=False).clamp(-1, 1)
+
+
+def edit_textdiff(models, x, target_text, source_text="a picture", theta=0.5, guidance=1.0, steps=50, concepts=None):
+    """DALL-E 2 text diffs: the direction normalize(z_text(target) - z_text(source))."""
+    t = encode_texts(models.clip, [target_text, source_text], concepts)["emb"]
+    return edit_direction(models, x, F.normalize(t[0] - t[1], dim=-1)[None], theta, guidance, steps)
+
+
+def edit_ref(models, x, before, after, theta=0.5, guidance=1.0, steps=50):
+    """An edit learned from an example pair (seed 000): the direction normalize(z(after) - z(before))."""
+    z = encode_images(models.clip, torch.cat([before, after]))
+    return edit_direction(models, x, F.normalize(z[1] - z[0], dim=-1)[None], theta, guidance, steps)
+
+
+@torch.no_grad()
+def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator=None, prior_guidance=2.0, concepts=None):
+    """SDEdit: noise x to `strength` of the way (0 = x, 1 = pure noise) and denoise with the decoder
+    conditioned on prior(text)."""
+    unet, diffusion = models.decoder
+    emb = text_to_embedding(models, [text] * x.shape[0], prior_guidance, steps, generator=generator, concepts=concepts)
+    start = min(steps - 1, max(0, round((1 - strength) * steps)))
+    t = torch.full((x.shape[0],), diffusion.ddim_timesteps(steps)[start], dtype=torch.long, device=x.device)
+    xt = diffusion.q_sample(x, t, _noise(x.shape, generator, x.device))
+    return diffusion.ddim_sample(decoder_model(unet, emb, guidance), noise=xt, steps=steps, start_step=start)
+
+
+@torch.no_grad()
+def edit_instruct(models, x, text, s_image=1.5, s_text=5.0, steps=50, generator=None, concepts=None, noise=None):
+    """InstructPix2Pix: the instruction-editing UNet, source image concatenated, two-condition CFG."""
+    unet, diffusion = models.instruct
+    t = encode_texts(models.clip, [text] * x.shape[0] if isinstance(text, str) else list(text), concepts)
+    if noise is None:
+        noise = _noise(x.shape, generator, x.device)
+    model = instruct_cfg(unet, s_image, s_text, x, t["emb"], t["states"], t["mask"])
+    return diffusion.ddim_sample(model, noise=noise, steps=steps)

@@ -1,0 +1,211 @@
+"""edit.py as a user runs it (subprocesses, the shipped weights), and the pieces it is made of."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EDIT = os.path.join(ROOT, "edit.py")
+EXAMPLE = os.path.join(ROOT, "examples", "red_star.png")
+FAST = ["--steps", "4", "--seed", "1"]
+
+
+def edit(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, EDIT, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_failure(r, folder, before, match):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert match in lines[0], lines[0]
+    assert sorted(os.listdir(folder)) == before, "something was written"
+
+
+def test_main_command_writes_an_image_with_its_recipe_and_replays_bit_for_bit(tmp_path):
+    r = edit(EXAMPLE, "in neon lights", *FAST, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "red_star.edited.png"
+    assert "seed 1" in r.stdout and "method instruct" in r.stdout and str(out.name) in r.stdout
+    im = Image.open(out)
+    assert im.size == Image.open(EXAMPLE).size
+    recipe = json.loads(im.text["minedit"])
+    assert recipe["args"]["edit"] == "in neon lights" and recipe["args"]["seed"] == 1 and recipe["args"]["steps"] == 4
+    assert set(recipe["weights_sha256_16"]) == {"clip", "instruct"}
+    r = edit("--replay", out, "-o", tmp_path / "again.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
+
+
+def test_empty_instruction_returns_the_input(tmp_path):
+    r = edit(EXAMPLE, "", "-o", tmp_path / "same.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "unchanged" in r.stdout
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "same.png").convert("RGB")), np.asarray(Image.open(EXAMPLE).convert("RGB")))
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("textdiff", ["--source-caption", "a red star", "--theta", "0.5"]),
+    ("sdedit", ["--strength", "0.5"]),
+    ("ref", ["--ref", os.path.join(ROOT, "examples", "red_star.png"), os.path.join(ROOT, "examples", "blue_square_neon.png")]),
+])
+def test_every_method_runs(tmp_path, method, extra):
+    r = edit(EXAMPLE, "" if method == "ref" else "a blue star", "--method", method, *extra, *FAST, "-o", tmp_path / "o.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(Image.open(tmp_path / "o.png").text["minedit"])["args"]["method"] == method
+
+
+def test_n_samples_give_a_grid_and_files(tmp_path):
+    r = edit(EXAMPLE, "make the star blue", "-n", "2", *FAST, "-o", tmp_path / "o.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["o-0.png", "o-1.png", "o.png"]
+    a, b = (np.asarray(Image.open(tmp_path / f"o-{i}.png")) for i in (0, 1))
+    assert not np.array_equal(a, b)  # two samples, not one twice
+    r = edit("--replay", tmp_path / "o-1.png", "-o", tmp_path / "r.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "r.png")), b)
+
+
+def make_inputs(folder):
+    """Awkward but valid inputs: name -> (path, the size the output must have)."""
+    base = Image.open(EXAMPLE).convert("RGB").resize((48, 30))
+    cases = {}
+    base.convert("L").save(folder / "gray.png")
+    cases["gray"] = (folder / "gray.png", (48, 30))
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "rgba.png")
+    cases["rgba"] = (folder / "rgba.png", (48, 30))
+    base.convert("P", palette=Image.ADAPTIVE, colors=16).save(folder / "palette.png")
+    cases["palette"] = (folder / "palette.png", (48, 30))
+    a16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(a16).save(folder / "deep.png")  # a 16-bit grayscale PNG
+    cases["16bit"] = (folder / "deep.png", (48, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    base.save(folder / "rotated.jpg", exif=exif.tobytes())
+    cases["exif"] = (folder / "rotated.jpg", (30, 48))
+    return cases
+
+
+def test_awkward_inputs_come_back_upright_at_their_own_size(tmp_path):
+    for name, (path, size) in make_inputs(tmp_path).items():
+        r = edit(path, "in neon lights", *FAST, "-o", tmp_path / f"{name}.out.png", cwd=tmp_path)
+        assert r.returncode == 0, f"{name}: {r.stderr}"
+        assert Image.open(tmp_path / f"{name}.out.png").size == size, name
+    r = edit(EXAMPLE, "in neon lights", *FAST, "--size", "100", "-o", tmp_path / "big.png", cwd=tmp_path)
+    assert Image.open(tmp_path / "big.png").size == (100, 100)
+
+
+def test_padding_not_cropping():
+    sys.path.insert(0, ROOT)
+    from edit import to_model
+    im = Image.new("RGB", (64, 16), (255, 0, 0))
+    x, box = to_model(im, 32)
+    assert box == (0.0, 12.0, 32.0, 20.0)
+    assert torch.allclose(x[0, :, 12:20], torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, 8, 32), atol=0.02)
+
+
+def bad_cases(folder):
+    """name -> (extra args, the words the error must contain)."""
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    data = open(EXAMPLE, "rb").read()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    Image.new("1", (9000, 9000)).save(folder / "bomb.png")
+    (folder / "dir").mkdir()
+    shutil.copy(EXAMPLE, folder / "in.png")
+    w = folder / "weights"
+    w.mkdir()
+    for f in ("clip.pt", "instruct.pt"):
+        shutil.copy(os.path.join(ROOT, "checkpoints", f), w / f)
+    corrupt, kind, version, missing = (folder / n for n in ("w_corrupt", "w_kind", "w_version", "w_missing"))
+    for d in (corrupt, kind, version, missing):
+        shutil.copytree(w, d)
+    (corrupt / "instruct.pt").write_bytes(b"\x80\x02garbage" * 10)
+    shutil.copy(os.path.join(ROOT, "checkpoints", "decoder.pt"), kind / "instruct.pt")
+    ck = torch.load(w / "instruct.pt", weights_only=True)
+    ck["version"] = 99
+    torch.save(ck, version / "instruct.pt")
+    os.remove(missing / "instruct.pt")
+    inp = folder / "in.png"
+    return {
+        "missing file": ([folder / "nope.png", "x"], "no such file"),
+        "directory": ([folder / "dir", "x"], "folder"),
+        "zero bytes": ([folder / "empty.png", "x"], "empty file"),
+        "not an image": ([folder / "notes.png", "x"], "not a readable image"),
+        "truncated": ([folder / "cut.png", "x"], "not a readable image"),
+        "bomb": ([folder / "bomb.png", "x"], "too large"),
+        "no output folder": ([inp, "x", "-o", folder / "nowhere" / "o.png"], "does not exist"),
+        "unwritable output": ([inp, "x", "-o", "/proc/o.png"], "not writable"),
+        "output is input": ([inp, "x", "-o", inp], "is the input"),
+        "missing checkpoint": ([inp, "x", "--weights", missing], "no such file"),
+        "corrupt checkpoint": ([inp, "x", "--weights", corrupt], "cannot load"),
+        "wrong kind": ([inp, "x", "--weights", kind], "not a minedit instruct checkpoint"),
+        "wrong version": ([inp, "x", "--weights", version], "version 99"),
+        "unknown method": ([inp, "x", "--method", "magic"], "unknown method"),
+        "ref with one file": ([inp, "", "--method", "ref", "--ref", inp], "--ref"),
+        "ref missing": ([inp, "", "--method", "ref"], "needs --ref"),
+        "negative scale": ([inp, "x", "--cfg-text", "-1"], "cfg-text"),
+        "nan scale": ([inp, "x", "--cfg-image", "nan"], "cfg-image"),
+        "bad concept": ([inp, "x", "--concept", folder / "notes.png"], "concept"),
+        "replay of a plain png": (["--replay", inp], "no minedit recipe"),
+    }
+
+
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(tmp_path):
+    cases = bad_cases(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    for name, (args, match) in cases.items():
+        r = edit(*args, cwd=tmp_path)
+        assert_clean_failure(r, tmp_path, before, match)
+
+
+def test_concept_file_lets_the_instruction_use_the_word(tmp_path):
+    from minedit.inversion import save_embeddings
+    save_embeddings({"<s*>": torch.randn(2, 128) * 0.01}, tmp_path / "learned.pt")
+    r = edit(EXAMPLE, "turn the star into a <s*>", "--concept", tmp_path / "learned.pt", *FAST, "-o", tmp_path / "o.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "concept_sha256_16" in json.loads(Image.open(tmp_path / "o.png").text["minedit"])
+
+
+# --- pieces ---
+
+def test_slerp():
+    from minedit.pipeline import slerp
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.nn.functional.normalize(torch.randn(2, 5, 16, generator=g), dim=-1)
+    for theta in (0.0, 0.3, 1.0):
+        s = slerp(a, b, theta)
+        torch.testing.assert_close(s.norm(dim=-1), torch.ones(5))
+        omega = torch.acos((a * b).sum(-1))
+        torch.testing.assert_close(torch.acos((s * a).sum(-1).clamp(-1, 1)), theta * omega, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(slerp(a, b, 0.0), a, atol=1e-6, rtol=0)
+    torch.testing.assert_close(slerp(a, b, 1.0), b, atol=1e-5, rtol=0)
+    near = torch.nn.functional.normalize(a + 1e-7, dim=-1)
+    s = slerp(a, near, 0.5)  # nearly parallel: the linear fallback, no NaN
+    assert torch.isfinite(s).all()
+    torch.testing.assert_close(s, a, atol=1e-5, rtol=0)
+    # 2-D check against the closed form: rotating by theta * 90 degrees
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(slerp(e1, e2, 1 / 3), torch.tensor([math.cos(math.pi / 6), math.sin(math.pi / 6)]))
+
+
+def test_textdiff_at_theta_zero_gives_the_input_back():
+    from minedit import pipeline
+    from minedit import toyworld as tw
+    torch.set_num_threads(2)
+    models = pipeline.Models(os.path.join(ROOT, "checkpoints"))
+    x = tw.render_batch([tw.sample_scene(0, "test", i) for i in range(2)], 32)
+    y = pipeline.edit_textdiff(models, x, "a blue star", "a picture", theta=0.0, steps=20)
+    psnr = 10 * torch.log10(1 / ((y - x) / 2).pow(2).flatten(1).mean(1))
+    assert psnr.min() > 30, psnr
