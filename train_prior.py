@@ -25,7 +25,7 @@ from minedit.utils import CHECKPOINTS, load_checkpoint, seed_everything
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2200
     batch_size: int = 128       # per process
     lr: float = 1e-3
     warmup: int = 200

@@ -127,9 +127,11 @@ if "instruct" in a.methods:
         for si in a.grid_image:
             for st in a.grid_text:
                 grid[f"s_I={si:g},s_T={st:g}"] = summary(metrics(run("instruct", all_idx[:a.n_grid], s_image=si, s_text=st), all_idx[:a.n_grid]))
+                print("grid", f"s_I={si:g},s_T={st:g}", json.dumps(grid[f"s_I={si:g},s_T={st:g}"]), flush=True)
         result["instruct_grid"] = grid
     rows = metrics(run("instruct", all_idx, s_image=a.cfg_image, s_text=a.cfg_text), all_idx)
     result["methods"]["instruct"] = summary(rows)
+    print("instruct", json.dumps(result["methods"]["instruct"]), flush=True)
     result["instruct_per_kind"] = {k: summary([r for r in rows if r["kind"] == k]) for k in tw.EDIT_KINDS}
     result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text}
 for m in ("sdedit", "textdiff", "ref"):
@@ -137,6 +139,7 @@ for m in ("sdedit", "textdiff", "ref"):
         idx = all_idx if m == "sdedit" else all_idx[:a.n_slow]
         rows = metrics(run(m, idx), idx)
         result["methods"][m] = summary(rows)
+        print(m, json.dumps(result["methods"][m]), flush=True)
         result[f"{m}_per_kind"] = {k: summary([r for r in rows if r["kind"] == k]) for k in tw.EDIT_KINDS}
 if "ref" in a.methods:
     result["ref_pairs_not_found_used_text_direction"] = len(ref_fallbacks)
@@ -148,10 +151,10 @@ if a.out:
         f.write(text)
 
 cols = ("n", "success", "preservation", "l1", "l2", "clip_im", "clip_dir", "clip_out")
-print("\n| method | " + " | ".join(cols) + " |\n|---" * (len(cols) + 1) + "|")
+print("\n| method | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
 for m, s in result["methods"].items():
     print(f"| {m} | " + " | ".join(str(s[c]) for c in cols) + " |")
 if "instruct_per_kind" in result:
-    print("\n| edit (instruct) | " + " | ".join(cols) + " |\n|---" * (len(cols) + 1) + "|")
+    print("\n| edit (instruct) | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for k, s in result["instruct_per_kind"].items():
         print(f"| {k} | " + " | ".join(str(s[c]) for c in cols) + " |")

@@ -27,7 +27,7 @@ from minedit.utils import CHECKPOINTS
 
 p = argparse.ArgumentParser()
 p.add_argument("--weights", default=str(CHECKPOINTS))
-p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 1e-2, 5e-2])
+p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 2e-2])
 p.add_argument("--regs", type=float, nargs="+", default=[0.0, 0.1])
 p.add_argument("--steps", type=int, default=200)
 p.add_argument("--n", type=int, default=64)

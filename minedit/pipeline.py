@@ -13,7 +13,7 @@ The pieces put together: loading the shipped models, and the four ways edit.py e
 Images are (B, 3, H, W) in [-1, 1] at the models' resolution; embeddings are unit-norm.
 
     models = Models("checkpoints")
-    out = edit_instruct(models, x, "make the star blue", s_image=1.5, s_text=5.0)
+    out = edit_instruct(models, x, "make the star blue", s_image=2.5, s_text=3.0)
 """
 
 import os
@@ -189,9 +189,10 @@ def edit_ref(models, x, before, after, theta=0.5, guidance=1.0, steps=50):
 @torch.no_grad()
 def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator=None, prior_guidance=2.0, concepts=None):
     """SDEdit: noise x to `strength` of the way (0 = x, 1 = pure noise) and denoise with the decoder
-    conditioned on prior(text)."""
+    conditioned on prior(text); text is one caption or one per image."""
     unet, diffusion = models.decoder
-    emb = text_to_embedding(models, [text] * x.shape[0], prior_guidance, steps, generator=generator, concepts=concepts)
+    texts = [text] * x.shape[0] if isinstance(text, str) else list(text)
+    emb = text_to_embedding(models, texts, prior_guidance, steps, generator=generator, concepts=concepts)
     start = min(steps - 1, max(0, round((1 - strength) * steps)))
     t = torch.full((x.shape[0],), diffusion.ddim_timesteps(steps)[start], dtype=torch.long, device=x.device)
     xt = diffusion.q_sample(x, t, _noise(x.shape, generator, x.device))
@@ -199,7 +200,7 @@ def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator
 
 
 @torch.no_grad()
-def edit_instruct(models, x, text, s_image=1.5, s_text=5.0, steps=50, generator=None, concepts=None, noise=None):
+def edit_instruct(models, x, text, s_image=2.5, s_text=3.0, steps=50, generator=None, concepts=None, noise=None):
     """InstructPix2Pix: the instruction-editing UNet, source image concatenated, two-condition CFG."""
     unet, diffusion = models.instruct
     t = encode_texts(models.clip, [text] * x.shape[0] if isinstance(text, str) else list(text), concepts)
