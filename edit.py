@@ -27,7 +27,6 @@ import time
 START = time.time()
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -54,14 +53,6 @@ def fail(message):
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         fail(f"{message} (see --help)")
-
-
-def sha16(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def read_image(path, what="input"):
@@ -220,8 +211,6 @@ def load_models(a, device):
     concepts = None
     if a.concept:
         from minedit.inversion import Concepts, load_embeddings
-        if not os.path.isfile(a.concept):
-            fail(f"--concept {a.concept}: no such file")
         try:
             emb = load_embeddings(a.concept)
         except Exception as e:
@@ -231,7 +220,8 @@ def load_models(a, device):
         if bad:
             fail(f"--concept {a.concept}: vectors of width {emb[bad[0]].shape[-1]}, this CLIP's text width is {width}")
         concepts = Concepts({k: v.to(device) for k, v in emb.items()})
-    hashes = {name: sha16(models.path(name)) for name in need}
+    from minedit.utils import file_hash
+    hashes = {name: file_hash(models.path(name)) for name in need}
     torch.set_grad_enabled(False)
     return models, concepts, hashes
 
@@ -263,7 +253,8 @@ def main(argv=None):
         for k, v in recipe["args"].items():
             setattr(a, k, v)
         a.output, a.force, index = out, False, recipe.get("index")
-        if os.path.exists(a.input) and sha16(a.input) != recipe["input_sha256_16"]:
+        from minedit.utils import file_hash
+        if os.path.exists(a.input) and file_hash(a.input) != recipe["input_sha256_16"]:
             fail(f"replay: the input {a.input} has changed since the recipe was written")
     check(a)
     im = read_image(a.input)
@@ -274,7 +265,7 @@ def main(argv=None):
         fail(f"--concept {a.concept}: no such file")
 
     import torch
-    from minedit.utils import pick_device
+    from minedit.utils import file_hash, pick_device
     if a.device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: no CUDA device here")
     device = pick_device(a.device)
@@ -283,7 +274,7 @@ def main(argv=None):
         s = a.size / max(im.size)
         size = (max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s)))
     recipe = {"version": VERSION, "args": {k: v for k, v in vars(a).items() if k not in ("output", "force", "replay", "weights")},
-              "input_sha256_16": sha16(a.input), "device": str(device)}
+              "input_sha256_16": file_hash(a.input), "device": str(device)}
     recipe["args"]["weights"] = a.weights
 
     if a.method == "instruct" and not a.edit.strip():
@@ -297,7 +288,7 @@ def main(argv=None):
         y = run(a, models, concepts, x, device).cpu()
         outs, note = [from_model(y[i], box, size) for i in range(a.n)], None
     if a.concept:
-        recipe["concept_sha256_16"] = sha16(a.concept)
+        recipe["concept_sha256_16"] = file_hash(a.concept)
     if index is not None:
         outs, a.n, recipe["index"] = [outs[index]], 1, index
 

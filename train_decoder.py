@@ -29,6 +29,7 @@ from minedit import toyworld as tw
 from minedit import training
 from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
+from minedit.pipeline import unet_config
 from minedit.unet import UNet, UNetConfig
 from minedit.utils import CHECKPOINTS, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
 
@@ -133,10 +134,9 @@ def main():
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     seed_everything(tc.seed + rank)
     res = args["image_size"] or UNetConfig.image_size
-    base = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}) if ckpt else UNetConfig()
+    base = unet_config(ckpt["config"]) if ckpt else UNetConfig()
     if task == "instruct" and not ckpt:  # the decoder's architecture, with 6 input channels and cross-attention
-        dec = load_checkpoint(args["init"], kind="decoder")["config"]
-        base = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dec.items()})
+        base = unet_config(load_checkpoint(args["init"], kind="decoder")["config"])
         base.in_channels = 2 * base.out_channels
     mc = training.override(base, args)
 

@@ -32,7 +32,8 @@ from minedit.utils import load_checkpoint
 CHECKPOINT_FILES = {"clip": "clip.pt", "decoder": "decoder.pt", "prior": "prior.pt", "instruct": "instruct.pt"}
 
 
-def _unet_config(d):
+def unet_config(d):
+    """UNetConfig from a checkpoint's config dict (JSON-like lists back to tuples)."""
     return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -45,7 +46,7 @@ def _checked(ckpt, path, version=1):
 def load_decoder(path, kind="decoder"):
     """(UNet with EMA weights, GaussianDiffusion, checkpoint dict) from a decoder or instruct checkpoint."""
     ckpt = _checked(load_checkpoint(path, kind=kind), path)
-    unet = UNet(_unet_config(ckpt["config"]))
+    unet = UNet(unet_config(ckpt["config"]))
     unet.load_state_dict({k: v.float() for k, v in ckpt["model"].items()}, strict=True)
     tc = ckpt["train_config"]
     return unet.eval(), GaussianDiffusion(tc["timesteps"], tc["schedule"], tc["prediction"]), ckpt

@@ -124,8 +124,6 @@ class Prior(nn.Module):
         standardized embedding with classifier-free guidance `guidance` (1 = none)."""
         B = text_emb.shape[0]
         kw = {"text_emb": text_emb, "text_states": text_states, "text_mask": text_mask}
-        if text_states is None:
-            kw = {"text_emb": text_emb}
         on, off = torch.zeros(B, dtype=torch.bool, device=text_emb.device), torch.ones(B, dtype=torch.bool, device=text_emb.device)
         model = cfg(self, guidance, {**kw, "drop_text": on}, {**kw, "drop_text": off})
         noise = torch.randn(B, self.config.embed_dim, generator=generator).to(text_emb.device)

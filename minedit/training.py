@@ -2,7 +2,6 @@
 nccl on GPU), EMA weights, the learning-rate schedule, flags from dataclasses, and cached CLIP embeddings
 of toy-world scenes or of a folder of the user's images."""
 
-import hashlib
 import math
 import os
 import time
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip
+from minedit.utils import file_hash  # noqa: F401  (training.file_hash, used by the scripts)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -128,14 +128,6 @@ def override(obj, args):
     return type(obj)(**{**asdict(obj), **{f.name: args[f.name] for f in fields(obj) if args.get(f.name) is not None}})
 
 
-def file_hash(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def folder_images(folder, res):
     """All images in a folder (sorted), as PIL RGB images and uint8 arrays (N, res, res, 3): short side
     resized to res, center crop."""
@@ -186,22 +178,19 @@ def toy_training_set(clip_path, n, seed, res, cache_dir=".cache"):
 
 @torch.no_grad()
 def clip_text_features(clip_path, texts, cache=None, batch_size=512):
-    """CLIP text features of a list of strings: unit-norm embeddings (N, E) fp32, final token states
-    (N, T, W) fp16 and their mask (N, T) bool, T the longest text's length; cached in `cache` if given."""
+    """CLIP text features of a list of strings (pipeline.encode_texts, batched): unit-norm embeddings
+    (N, E) fp32, final token states (N, T, W) fp16 and their mask (N, T) bool, T the longest text's
+    length; cached in `cache` if given."""
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
-    from minedit.tokenizer import tokenize
+    from minedit.pipeline import encode_texts
     model, _ = load_clip(clip_path)
-    ids = tokenize(texts, model.config.context_length)
-    lengths = (ids == model.config.eot_token).int().argmax(-1) + 1  # (N,) tokens up to and with EOT
-    T = int(lengths.max())
-    emb = torch.empty(len(texts), model.config.embed_dim)
-    states = torch.zeros(len(texts), T, model.config.transformer_width, dtype=torch.float16)
-    for i in range(0, len(texts), batch_size):
-        z, h = model.encode_text(ids[i:i + batch_size], return_states=True)
-        emb[i:i + batch_size] = F.normalize(z.float(), dim=-1)
-        states[i:i + batch_size, :h.shape[1]] = h.half()
-    feats = {"emb": emb, "states": states, "mask": torch.arange(T)[None] < lengths[:, None]}
+    parts = [encode_texts(model, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    T = max(p["states"].shape[1] for p in parts)
+    pad = lambda x: F.pad(x, (0, 0, 0, T - x.shape[1])) if x.dim() == 3 else F.pad(x, (0, T - x.shape[1]))
+    feats = {"emb": torch.cat([p["emb"] for p in parts]),
+             "states": torch.cat([pad(p["states"]) for p in parts]).half(),
+             "mask": torch.cat([pad(p["mask"]) for p in parts])}
     if cache is not None:
         from minedit.utils import atomic_path
         os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)

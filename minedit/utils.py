@@ -1,6 +1,7 @@
 """Small helpers shared by minedit's modules and scripts: atomic writes, checkpoints, devices, seeds."""
 
 import contextlib
+import hashlib
 import os
 import random
 import tempfile
@@ -34,6 +35,15 @@ def save_image_atomic(image, path, pnginfo=None):
     """Save a PIL image as PNG via a temp file and a rename."""
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=pnginfo)
+
+
+def file_hash(path):
+    """The first 16 hex digits of a file's sha256 (recorded next to outputs and in checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(obj, path):
