@@ -2,7 +2,7 @@
 Edit an image with words, on minedit's shipped weights (they know the toy world only).
 
     python edit.py examples/red_star.png "in neon lights"                       # instruct (InstructPix2Pix)
-    python edit.py in.png "make the star blue" --cfg-text 3 --cfg-image 2.5 -n 4
+    python edit.py in.png "make the star blue" --cfg-text 3 --cfg-image 1.2 -n 4
     python edit.py in.png "a blue star" --method textdiff --source-caption "a red star" --theta 0.6
     python edit.py in.png "a red star in neon lights" --method sdedit --strength 0.6
     python edit.py in.png "" --method ref --ref before.png after.png             # the edit of an example pair
@@ -39,7 +39,7 @@ from PIL import Image, ImageOps, PngImagePlugin  # noqa: E402
 
 METHODS = ("instruct", "textdiff", "sdedit", "ref")
 DEFAULTS = {  # per method: steps, cfg_text, cfg_image
-    "instruct": (50, 3.0, 2.5), "textdiff": (50, 1.0, None), "sdedit": (50, 3.0, None), "ref": (50, 1.0, None)}
+    "instruct": (50, 2.0, 1.0), "textdiff": (50, 1.0, None), "sdedit": (50, 3.0, None), "ref": (50, 1.0, None)}
 MAX_PIXELS = 8192 * 8192  # a decompression-bomb guard: larger images are refused before decoding
 VERSION = 1
 
@@ -121,8 +121,8 @@ def parse(argv):
     p.add_argument("--method", default="instruct", help=f"one of {', '.join(METHODS)} (default: instruct)")
     p.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed and recorded)")
     p.add_argument("--steps", type=int, help="DDIM steps (default: 50)")
-    p.add_argument("--cfg-text", type=float, help="instruct: s_T (default 3); textdiff/ref: decoder guidance (1); sdedit: decoder guidance (3)")
-    p.add_argument("--cfg-image", type=float, help="instruct: s_I (default 2.5)")
+    p.add_argument("--cfg-text", type=float, help="instruct: s_T (default 2); textdiff/ref: decoder guidance (1); sdedit: decoder guidance (3)")
+    p.add_argument("--cfg-image", type=float, help="instruct: s_I (default 1)")
     p.add_argument("--theta", type=float, default=0.5, help="textdiff/ref: how far to turn, 0..1 (default: %(default)s)")
     p.add_argument("--strength", type=float, default=0.6, help="sdedit: how much noise, 0..1 (default: %(default)s)")
     p.add_argument("--source-caption", default="a picture", help="textdiff: a caption of the input (default: %(default)r)")

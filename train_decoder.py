@@ -5,9 +5,10 @@ Train a UNet of minedit/unet.py, for one of two tasks:
     their CLIP image embedding, with 10% embedding dropout so classifier-free guidance works.
 --task instruct: the instruction-editing model (Brooks et al. 2023, InstructPix2Pix): the source image
     is concatenated to x_t (6 input channels), the instruction enters as its CLIP text embedding (in the
-    decoder's embedding slot) and its token states (cross-attention); it starts from the decoder's
-    weights with the new input channels zero-initialized, and drops text / image / both 5% of the time
-    each for two-condition guidance.
+    decoder's embedding slot) and its token states (cross-attention), and text / image / both are dropped
+    5% of the time each for two-condition guidance. By default it trains from scratch and diffuses the
+    change (target - source) / 2 rather than the target (measured better here, see the README);
+    --init checkpoints/decoder.pt --no-residual is the paper's recipe (new input channels zero-initialized).
 
 CLIP features come from a frozen CLIP and are computed once and cached (.cache/).
 
@@ -21,7 +22,7 @@ CLIP features come from a frozen CLIP and are computed once and cached (.cache/)
 import argparse
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -29,7 +30,7 @@ from minedit import toyworld as tw
 from minedit import training
 from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
-from minedit.pipeline import unet_config
+from minedit.pipeline import instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
 from minedit.utils import CHECKPOINTS, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
 
@@ -56,8 +57,13 @@ class TrainConfig:
     sample_every: int = 400
     save_every: int = 400
     guidance: float = 3.0       # decoder sample grids
-    cfg_image: float = 1.5      # instruct sample grids
-    cfg_text: float = 4.0
+    cfg_image: float = 1.0      # instruct sample grids (the edit benchmark's choice for the shipped model)
+    cfg_text: float = 2.0
+    text_cond: str = "both"     # instruct: the instruction enters as "both", "emb" (pooled) or "states" (tokens)
+
+
+# --task instruct starts from these instead (the shipped checkpoints/instruct.pt): more, smaller steps
+INSTRUCT = {"steps": 3200, "batch_size": 32, "warmup": 100, "sample_every": 800, "save_every": 800}
 
 
 @torch.no_grad()
@@ -78,6 +84,7 @@ def instruct_grid(unet, diffusion, pairs, text, s_image, s_text, path, seed=0):
     g = torch.Generator().manual_seed(seed)
     model = instruct_cfg(unet, s_image, s_text, src, text["emb"], text["states"].float(), text["mask"])
     x = diffusion.ddim_sample(model, noise=torch.randn(src.shape, generator=g), steps=25)
+    x = instruct_result(unet, src, x)
     rows = torch.cat([pairs[:, 0], pairs[:, 1], torch.from_numpy(to_image(x))])
     save_image_atomic(image_grid(rows.numpy(), len(src)), path)
 
@@ -107,19 +114,23 @@ def main():
     training.add_dataclass_flags(p, TrainConfig, UNetConfig)
     p.add_argument("--clip", default=str(CHECKPOINTS / "clip.pt"), help="CLIP weights that clip.load reads (default: %(default)s)")
     p.add_argument("--data", default=None, help="decoder: a folder of images to train on instead of the toy world")
-    p.add_argument("--init", default=None, help="instruct: the decoder to start from (default: checkpoints/decoder.pt)")
+    p.add_argument("--init", default=None, help="instruct: start from this decoder, new input channels zero-initialized, as InstructPix2Pix "
+                        "(default: from scratch, which trains faster here; see the README)")
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<task>.pt)")
     p.add_argument("--samples", default=None, help="folder for sample grids (default: runs/<task>)")
     p.add_argument("--resume", default=None, help="continue from this checkpoint")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    p.add_argument("--no-residual", action="store_true",
+                   help="instruct: diffuse the target image itself, as InstructPix2Pix, not the change (target - source) / 2")
     args = vars(p.parse_args())
     task = args["task"] or "decoder"
     if task not in ("decoder", "instruct"):
         print(f"error: --task {task}: must be decoder or instruct", file=sys.stderr)
         sys.exit(2)
-    if task == "instruct" and not args["resume"]:
-        args["init"] = args["init"] or str(CHECKPOINTS / "decoder.pt")
+    if args["text_cond"] not in (None, "both", "emb", "states"):
+        print(f"error: --text-cond {args['text_cond']}: must be both, emb or states", file=sys.stderr)
+        sys.exit(2)
     for flag in ("clip", "resume", "data", "init"):
         if args[flag] and not os.path.exists(args[flag]):
             print(f"error: --{flag} {args[flag]}: no such file or folder", file=sys.stderr)
@@ -129,16 +140,19 @@ def main():
 
     rank, world, device = training.setup_distributed(args["device"])
     ckpt = load_checkpoint(args["resume"], kind=task) if args["resume"] else None
-    tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
+    fresh = replace(TrainConfig(), task="instruct", **INSTRUCT) if task == "instruct" else TrainConfig()
+    tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else fresh, args)
     tc.task = task
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     seed_everything(tc.seed + rank)
     res = args["image_size"] or UNetConfig.image_size
     base = unet_config(ckpt["config"]) if ckpt else UNetConfig()
     if task == "instruct" and not ckpt:  # the decoder's architecture, with 6 input channels and cross-attention
-        base = unet_config(load_checkpoint(args["init"], kind="decoder")["config"])
+        base = unet_config(load_checkpoint(args["init"], kind="decoder")["config"]) if args["init"] else UNetConfig()
         base.in_channels = 2 * base.out_channels
     mc = training.override(base, args)
+    if not ckpt:
+        mc.residual = task == "instruct" and not args["no_residual"]
 
     # data, as uint8 arrays and CLIP features computed once and cached
     clip_tag = training.file_hash(args["clip"])
@@ -158,11 +172,13 @@ def main():
         text = training.clip_text_features(args["clip"], instructions,
                                            f".cache/clip-instr-{clip_tag}-train-n{tc.n_images}-seed{tc.seed}.pt")
         mc.embed_dim, mc.context_dim, mc.image_size = text["emb"].shape[1], text["states"].shape[2], res
+        mc.embed_dim = 0 if tc.text_cond == "states" else mc.embed_dim
+        mc.context_dim = 0 if tc.text_cond == "emb" else mc.context_dim
         x_all = pairs.permute(0, 1, 4, 2, 3)  # uint8 (N, 2, 3, H, W)
         what = f"{len(x_all)} edit triplets"
 
     unet = UNet(mc).to(device)
-    if task == "instruct" and not ckpt:
+    if task == "instruct" and not ckpt and args["init"]:
         n = len(init_from_decoder(unet, args["init"]))
         if rank == 0:
             print(f"initialized {n} of {len(unet.state_dict())} tensors from {args['init']}")
@@ -184,7 +200,8 @@ def main():
         m = condition_dropout(tc.batch_size, tc.p_text, tc.p_image, tc.p_both, g, device)
         kw = instruct_kwargs(x[:, 0], text["emb"][idx].to(device), text["states"][idx].float().to(device),
                              text["mask"][idx].to(device), m["drop_image"], m["drop_text"])
-        return diffusion.training_losses(model, x[:, 1], model_kwargs=kw, generator=g).mean()
+        x0 = instruct_variable(unet, x[:, 0], x[:, 1])
+        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g).mean()
 
     def samples(step, ema):
         if not tc.sample_every or (step + 1) % tc.sample_every:

@@ -1,5 +1,6 @@
 """CLIP quality on the held-out test split (unseen shape-colour combinations): zero-shot attribute
-accuracy by caption templates, and text->image retrieval R@1 among 100 test images.
+accuracy by caption templates, text->image retrieval R@1 among 100 test images, and a linear probe of
+the image embedding (how much shape, colour and position it carries at all).
 
 Zero-shot: for each test scene, the caption of the true scene competes with the captions of the same
 scene with one attribute of its first object (or its style) changed; correct if the true one scores highest.
@@ -61,6 +62,32 @@ def zero_shot(model, scenes):
     return out
 
 
+def linear_probe(model, n_train=8000, n_test=1000, steps=1500):
+    """How much of each attribute the image embedding carries, whatever the text tower does: a linear
+    classifier on unit-norm image embeddings of one-object train scenes, scored on one-object test
+    scenes. The test scenes hold unseen shape-colour pairs, so a probe that reads shape through colour fails."""
+    torch.manual_seed(0)
+    train = [s for s in (tw.sample_scene(0, "train", i) for i in range(n_train)) if len(s.objects) == 1]
+    test = [s for s in (tw.sample_scene(0, "test", i) for i in range(n_test)) if len(s.objects) == 1]
+    x, x_test = embed_images(model, train), embed_images(model, test)
+    out = {}
+    for attr, values in (("shape", tw.ALL_SHAPES), ("color", list(tw.COLORS)), ("pos", tw.POSITIONS)):
+        y = torch.tensor([values.index(getattr(s.objects[0], attr)) for s in train])
+        y_test = torch.tensor([values.index(getattr(s.objects[0], attr)) for s in test])
+        probe = torch.nn.Linear(x.shape[1], len(values))
+        opt = torch.optim.Adam(probe.parameters(), 1e-2)
+        for _ in range(steps):
+            b = torch.randint(0, len(x), (512,))
+            loss = F.cross_entropy(probe(x[b] * 10), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = lambda a, b: round((probe(a * 10).argmax(1) == b).float().mean().item(), 4)
+            out[{"pos": "position"}.get(attr, attr)] = {"train": acc(x, y), "test": acc(x_test, y_test)}
+    return out
+
+
 def retrieval(model, scenes):
     zi, zt = embed_images(model, scenes), embed_texts(model, [tw.caption(s) for s in scenes])
     sim = zt @ zi.t()
@@ -80,5 +107,6 @@ if __name__ == "__main__":
     result = {"zero_shot_test": zero_shot(model, scenes), "n_zero_shot": a.n}
     for seed in range(3):
         result[f"retrieval_100_seed{seed}"] = retrieval(model, [tw.sample_scene(100 + seed, "test", i) for i in range(100)])
+    result["linear_probe_one_object"] = linear_probe(model)
     result["text_to_image_R@1_mean"] = round(sum(result[f"retrieval_100_seed{s}"]["text_to_image_R@1"] for s in range(3)) / 3, 4)
     print(json.dumps(result, indent=1))

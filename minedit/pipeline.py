@@ -13,7 +13,7 @@ The pieces put together: loading the shipped models, and the four ways edit.py e
 Images are (B, 3, H, W) in [-1, 1] at the models' resolution; embeddings are unit-norm.
 
     models = Models("checkpoints")
-    out = edit_instruct(models, x, "make the star blue", s_image=2.5, s_text=3.0)
+    out = edit_instruct(models, x, "make the star blue", s_image=1.0, s_text=2.0)
 """
 
 import os
@@ -201,11 +201,22 @@ def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator
 
 
 @torch.no_grad()
-def edit_instruct(models, x, text, s_image=2.5, s_text=3.0, steps=50, generator=None, concepts=None, noise=None):
+def edit_instruct(models, x, text, s_image=1.0, s_text=2.0, steps=50, generator=None, concepts=None, noise=None):
     """InstructPix2Pix: the instruction-editing UNet, source image concatenated, two-condition CFG."""
     unet, diffusion = models.instruct
     t = encode_texts(models.clip, [text] * x.shape[0] if isinstance(text, str) else list(text), concepts)
     if noise is None:
         noise = _noise(x.shape, generator, x.device)
     model = instruct_cfg(unet, s_image, s_text, x, t["emb"], t["states"], t["mask"])
-    return diffusion.ddim_sample(model, noise=noise, steps=steps)
+    return instruct_result(unet, x, diffusion.ddim_sample(model, noise=noise, steps=steps))
+
+
+def instruct_variable(unet, source, target):
+    """What the instruction-editing UNet diffuses: the target image, or for a residual model the change
+    (target - source) / 2, which is zero wherever the edit leaves the image alone."""
+    return (target - source) / 2 if unet.config.residual else target
+
+
+def instruct_result(unet, source, x):
+    """The inverse of instruct_variable: a sample of the diffused variable -> the edited image."""
+    return (source + 2 * x).clamp(-1, 1) if unet.config.residual else x

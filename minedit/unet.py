@@ -36,6 +36,7 @@ class UNetConfig:
     embed_tokens: int = 4     # extra attention tokens made from the embedding
     context_dim: int = 0      # width of text token states for cross-attention; 0 = none
     cond_width: int = 128     # width of the extra attention tokens
+    residual: bool = False    # instruct: the model denoises the change (target - source) / 2, not the target
 
 
 def zero_module(m):

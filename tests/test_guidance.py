@@ -79,3 +79,18 @@ def test_instruct_kwargs_apply_the_nulls():
     assert kw["concat"][0].abs().max() == 0 and torch.equal(kw["concat"][1:], src[1:])
     assert torch.equal(kw["drop_emb"], dt)
     assert not kw["context_mask"][1].any() and kw["context_mask"][[0, 2]].all()
+
+
+def test_residual_instruct_variable_round_trips_and_is_zero_where_nothing_changes():
+    from minedit.pipeline import instruct_result, instruct_variable
+    from minedit.unet import UNet, UNetConfig
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    tgt = src.clone()
+    tgt[:, :, 2:5, 2:5] = torch.rand(2, 3, 3, 3, generator=g) * 2 - 1  # an edit of one patch
+    small = dict(model_channels=16, head_channels=16, image_size=8, in_channels=6, attention_resolutions=())
+    plain, residual = UNet(UNetConfig(**small)), UNet(UNetConfig(**small, residual=True))
+    assert torch.equal(instruct_variable(plain, src, tgt), tgt) and torch.equal(instruct_result(plain, src, tgt), tgt)
+    d = instruct_variable(residual, src, tgt)
+    assert d.abs().max() <= 1 and (d[:, :, :2] == 0).all() and (d[:, :, 2:5, 2:5] != 0).any()
+    assert torch.allclose(instruct_result(residual, src, d), tgt, atol=1e-6)

@@ -82,12 +82,13 @@ def test_train_instruct_from_a_decoder_and_resume(tiny_clip, tmp_path):
     r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(dec)], tmp_path)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "ins.pt"
-    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--init", str(dec), "--clip", str(tiny_clip),
-             "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--init", str(dec), "--no-residual",
+             "--clip", str(tiny_clip), "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "edit triplets" in r.stdout and "initialized" in r.stdout
     ck = torch.load(out, weights_only=True)
     assert ck["kind"] == "instruct" and ck["config"]["in_channels"] == 6 and ck["config"]["context_dim"] == 64
+    assert not ck["config"]["residual"]
     d = torch.load(dec, weights_only=True)["model"]
     # the new input channels start at zero; the old ones start from the decoder (then train 2 steps)
     r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--resume", str(out), "--clip", str(tiny_clip),
@@ -95,6 +96,21 @@ def test_train_instruct_from_a_decoder_and_resume(tiny_clip, tmp_path):
     assert r.returncode == 0, r.stderr
     assert torch.load(tmp_path / "ins2.pt", weights_only=True)["step"] == 3
     assert d["input_blocks.0.0.weight"].shape[1] == 3
+
+
+def test_train_instruct_defaults_from_scratch_residual_and_token_states_only(tiny_clip, tmp_path):
+    out = tmp_path / "ins.pt"
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--text-cond", "states", "--clip", str(tiny_clip),
+             "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "initialized" not in r.stdout
+    ck = torch.load(out, weights_only=True)
+    assert ck["config"]["residual"] and ck["config"]["embed_dim"] == 0 and ck["config"]["context_dim"] == 64
+    assert not any(k.startswith(("emb_proj", "null_emb")) for k in ck["model"])
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--text-cond", "tokens",
+             "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--text-cond" in r.stderr
+    assert not (tmp_path / "bad.pt").exists()
 
 
 def test_init_from_decoder_zero_inits_the_new_channels():
