@@ -32,7 +32,7 @@ from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
 from minedit.pipeline import instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
-from minedit.utils import CHECKPOINTS, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
+from minedit.utils import CHECKPOINTS, file_hash, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
 
 
 @dataclass
@@ -155,7 +155,7 @@ def main():
         mc.residual = task == "instruct" and not args["no_residual"]
 
     # data, as uint8 arrays and CLIP features computed once and cached
-    clip_tag = training.file_hash(args["clip"])
+    clip_tag = file_hash(args["clip"])
     if task == "decoder":
         if args["data"]:
             _, pils, images = training.folder_images(args["data"], res)

@@ -20,7 +20,7 @@ import torch
 from minedit import training
 from minedit.diffusion import GaussianDiffusion
 from minedit.prior import Prior, PriorConfig
-from minedit.utils import CHECKPOINTS, load_checkpoint, seed_everything
+from minedit.utils import CHECKPOINTS, file_hash, load_checkpoint, seed_everything
 
 
 @dataclass
@@ -74,7 +74,7 @@ def main():
         text = training.clip_text_features(args["clip"], texts)
     else:
         _, data, image_emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, 32)
-        tag = f"{training.file_hash(args['clip'])}-train-n{tc.n_images}-seed{tc.seed}"
+        tag = f"{file_hash(args['clip'])}-train-n{tc.n_images}-seed{tc.seed}"
         text = training.clip_text_features(args["clip"], training.toy_captions(data), f".cache/clip-text-{tag}.pt")
     base = PriorConfig(**ckpt["config"]) if ckpt else PriorConfig()
     mc = training.override(base, args)
@@ -96,7 +96,7 @@ def main():
               "text_mask": text["mask"][idx].to(device), "drop_text": drop}
         return diffusion.training_losses(model, x_all[idx], model_kwargs=kw, generator=g).mean()
 
-    meta = {"kind": "prior", "version": 1, "config": asdict(mc), "clip_sha256_16": training.file_hash(args["clip"])}
+    meta = {"kind": "prior", "version": 1, "config": asdict(mc), "clip_sha256_16": file_hash(args["clip"])}
     training.fit(prior, loss_fn, tc, device, rank, world, ckpt, args["out"], meta, "prior", unit="pairs")
     if world > 1:
         torch.distributed.destroy_process_group()

@@ -78,12 +78,12 @@ def linear_probe(model, n_train=8000, n_test=1000, steps=1500):
         opt = torch.optim.Adam(probe.parameters(), 1e-2)
         for _ in range(steps):
             b = torch.randint(0, len(x), (512,))
-            loss = F.cross_entropy(probe(x[b] * 10), y[b])
+            loss = F.cross_entropy(probe(x[b] * 10), y[b])  # x10: unit-norm inputs, a usable logit scale
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            acc = lambda a, b: round((probe(a * 10).argmax(1) == b).float().mean().item(), 4)
+            acc = lambda inputs, labels: round((probe(inputs * 10).argmax(1) == labels).float().mean().item(), 4)
             out[{"pos": "position"}.get(attr, attr)] = {"train": acc(x, y), "test": acc(x_test, y_test)}
     return out
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip
-from minedit.utils import file_hash  # noqa: F401  (training.file_hash, used by the scripts)
+from minedit.utils import file_hash
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
