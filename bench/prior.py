@@ -3,6 +3,7 @@
 1. Cosine similarity between an embedding and the true CLIP image embedding of the scene the caption
    describes, for: the prior's sample (best of 2), the caption's text embedding used directly, and the
    nearest training image embedding to the text embedding (retrieval).
+   Paired per caption: the best prior's gain over each baseline (mean, bootstrap 95% interval, win rate).
 2. text -> prior -> decoder -> image, read by the attribute reader: the fraction of images whose
    colours, shapes (as multisets) and style are those the caption names. Scenes with the unnamed
    concept shape are left out (their captions call it "object").
@@ -52,6 +53,20 @@ for g in a.guidance:
     result["cosine_to_true_image_embedding"][f"prior_cfg{g:g}"] = cos(z)
     if best is None or cos(z) > cos(best):
         best, best_g = z, g
+
+
+def paired(z, base, reps=2000):
+    """Per-caption cosine of z minus that of base: mean, a bootstrap 95% interval, and the win rate."""
+    d = (z * true).sum(-1) - (base * true).sum(-1)
+    g = torch.Generator().manual_seed(0)
+    means = d[torch.randint(0, len(d), (reps, len(d)), generator=g)].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975])).tolist()
+    return {"mean": round(d.mean().item(), 4), "ci95": [round(lo, 4), round(hi, 4)], "win_rate": round((d > 0).float().mean().item(), 4)}
+
+
+# the scale of these cosines: a caption's true image against other scenes' images (same split)
+result["cosine_to_true_image_embedding"]["another_scene_image"] = cos(true.roll(1, 0))
+result["paired_best_prior_minus"] = {"text_embedding": paired(best, text), "nearest_train_image": paired(best, nearest)}
 
 if not a.no_decoder:
     x = torch.cat([decode(models, best[j:j + 100], a.decoder_guidance, a.decoder_steps, generator=torch.Generator().manual_seed(j))

@@ -37,6 +37,39 @@ def test_train_clip_runs_and_resumes(tiny_clip, tmp_path):
     assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 3
 
 
+def test_train_clip_new_image_tower_for_a_frozen_text_tower(tiny_clip, tmp_path):
+    out = tmp_path / "c.pt"
+    r = run([os.path.join(ROOT, "train_clip.py"), *TINY_CLIP, "--text-from", str(tiny_clip), "--freeze-text",
+             "--swap-images", "4", "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run([os.path.join(ROOT, "train_clip.py"), "--resume", str(out), "--steps", "3", "--out", str(tmp_path / "r.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr  # resuming keeps the text frozen
+    old = torch.load(tiny_clip, weights_only=True)["model"]
+    for path in (out, tmp_path / "r.pt"):
+        new = torch.load(path, weights_only=True)["model"]
+        assert old.keys() == new.keys()
+        assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("visual.")), path  # text: bit-identical
+        assert not torch.equal(old["visual.conv1.weight"], new["visual.conv1.weight"])  # image tower: new
+
+
+def test_swap_sets_vary_one_attribute_and_stay_out_of_test():
+    import random
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit import toyworld as tw
+    rng, sizes = random.Random(0), set()
+    for i in range(300):
+        scene = tw.sample_scene(0, "train", i)
+        variants, j = train_clip.swap_set(rng, scene)
+        assert variants[j] == scene and len(set(variants)) == len(variants) >= 2
+        assert all(v == scene or tw.split_of(v) != "test" for v in variants)
+        diff = {(k, a) for v in variants for k, (o, p) in enumerate(zip(v.objects, scene.objects))
+                for a in ("shape", "color", "size", "pos") if getattr(o, a) != getattr(p, a)}
+        assert len(diff) == 1 and all(v.background == scene.background and v.style == scene.style for v in variants)
+        sizes.add(len(variants))
+    assert max(sizes) >= 8  # whole sets: all shapes, or all free cells, or all colours
+
+
 def test_train_decoder_toy_and_resume(tiny_clip, tmp_path):
     out = tmp_path / "dec.pt"
     r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
