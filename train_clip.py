@@ -31,7 +31,7 @@ from minedit import toyworld as tw
 from minedit import training
 from minedit.clip import CLIP, CLIPConfig, checkpoint, expand, normalize
 from minedit.tokenizer import tokenize
-from minedit.utils import CHECKPOINTS, autocast, load_checkpoint, pick_device, save_checkpoint, seed_everything
+from minedit.utils import CHECKPOINTS, autocast, pick_device, save_checkpoint, seed_everything
 
 
 @dataclass
@@ -128,8 +128,8 @@ def main():
     p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
     args = vars(p.parse_args())
 
-    ckpt = load_checkpoint(args["resume"], kind="clip") if args["resume"] else None
-    text_from = load_checkpoint(args["text_from"], kind="clip") if args["text_from"] and not ckpt else None
+    ckpt = training.checkpoint_arg(args, "resume", "clip")
+    text_from = None if ckpt else training.checkpoint_arg(args, "text_from", "clip")
     base = ckpt or text_from
     mc = training.override(CLIPConfig(**base["config"]) if base else CLIPConfig(), args)
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)

@@ -21,7 +21,6 @@ CLIP features come from a frozen CLIP and are computed once and cached (.cache/)
 
 import argparse
 import os
-import sys
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -32,7 +31,7 @@ from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
 from minedit.pipeline import instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
-from minedit.utils import CHECKPOINTS, file_hash, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
+from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_image_atomic, seed_everything, to_image
 
 
 @dataclass
@@ -89,10 +88,10 @@ def instruct_grid(unet, diffusion, pairs, text, s_image, s_text, path, seed=0):
     save_image_atomic(image_grid(rows.numpy(), len(src)), path)
 
 
-def init_from_decoder(unet, path):
-    """InstructPix2Pix's initialization: every decoder weight whose shape matches; the input conv's
-    extra channels start at zero, so at step 0 the model is the decoder, blind to the source image."""
-    sd = {k: v.float() for k, v in load_checkpoint(path, kind="decoder")["model"].items()}
+def init_from_decoder(unet, decoder_ckpt):
+    """InstructPix2Pix's initialization from a decoder checkpoint (dict): every weight whose shape matches;
+    the input conv's extra channels start at zero, so at step 0 the model is the decoder, blind to the source."""
+    sd = {k: v.float() for k, v in decoder_ckpt["model"].items()}
     own = unet.state_dict()
     loaded = []
     for k, v in sd.items():
@@ -126,20 +125,16 @@ def main():
     args = vars(p.parse_args())
     task = args["task"] or "decoder"
     if task not in ("decoder", "instruct"):
-        print(f"error: --task {task}: must be decoder or instruct", file=sys.stderr)
-        sys.exit(2)
+        training.fail(f"--task {task}: must be decoder or instruct")
     if args["text_cond"] not in (None, "both", "emb", "states"):
-        print(f"error: --text-cond {args['text_cond']}: must be both, emb or states", file=sys.stderr)
-        sys.exit(2)
-    for flag in ("clip", "resume", "data", "init"):
-        if args[flag] and not os.path.exists(args[flag]):
-            print(f"error: --{flag} {args[flag]}: no such file or folder", file=sys.stderr)
-            sys.exit(2)
+        training.fail(f"--text-cond {args['text_cond']}: must be both, emb or states")
+    training.check_paths(args, "clip", "data")
+    ckpt = training.checkpoint_arg(args, "resume", task)
+    init = training.checkpoint_arg(args, "init", "decoder")
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
     sample_dir = args["samples"] or f"runs/{task}"
 
     rank, world, device = training.setup_distributed(args["device"])
-    ckpt = load_checkpoint(args["resume"], kind=task) if args["resume"] else None
     fresh = replace(TrainConfig(), task="instruct", **INSTRUCT) if task == "instruct" else TrainConfig()
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else fresh, args)
     tc.task = task
@@ -148,7 +143,7 @@ def main():
     res = args["image_size"] or UNetConfig.image_size
     base = unet_config(ckpt["config"]) if ckpt else UNetConfig()
     if task == "instruct" and not ckpt:  # the decoder's architecture, with 6 input channels and cross-attention
-        base = unet_config(load_checkpoint(args["init"], kind="decoder")["config"]) if args["init"] else UNetConfig()
+        base = unet_config(init["config"]) if init else UNetConfig()
         base.in_channels = 2 * base.out_channels
     mc = training.override(base, args)
     if not ckpt:
@@ -158,7 +153,10 @@ def main():
     clip_tag = file_hash(args["clip"])
     if task == "decoder":
         if args["data"]:
-            _, pils, images = training.folder_images(args["data"], res)
+            try:
+                _, pils, images = training.folder_images(args["data"], res)
+            except ValueError as e:
+                training.fail(f"--data {args['data']}: {e}")
             emb = training.clip_image_embeddings(args["clip"], pils)
         else:
             images, _, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res)
@@ -178,8 +176,8 @@ def main():
         what = f"{len(x_all)} edit triplets"
 
     unet = UNet(mc).to(device)
-    if task == "instruct" and not ckpt and args["init"]:
-        n = len(init_from_decoder(unet, args["init"]))
+    if task == "instruct" and not ckpt and init:
+        n = len(init_from_decoder(unet, init))
         if rank == 0:
             print(f"initialized {n} of {len(unet.state_dict())} tensors from {args['init']}")
     diffusion = GaussianDiffusion(tc.timesteps, tc.schedule, tc.prediction).to(device)

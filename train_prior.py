@@ -11,8 +11,6 @@ once and cached; the training loop is train_decoder.py's (minedit/training.py).
 """
 
 import argparse
-import os
-import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,7 +18,7 @@ import torch
 from minedit import training
 from minedit.diffusion import GaussianDiffusion
 from minedit.prior import Prior, PriorConfig
-from minedit.utils import CHECKPOINTS, file_hash, load_checkpoint, seed_everything
+from minedit.utils import CHECKPOINTS, file_hash, seed_everything
 
 
 @dataclass
@@ -51,13 +49,9 @@ def main():
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     args = vars(p.parse_args())
-    for flag in ("clip", "resume", "data"):
-        if args[flag] and not os.path.exists(args[flag]):
-            print(f"error: --{flag} {args[flag]}: no such file or folder", file=sys.stderr)
-            sys.exit(2)
-
+    training.check_paths(args, "clip", "data")
+    ckpt = training.checkpoint_arg(args, "resume", "prior")
     rank, world, device = training.setup_distributed(args["device"])
-    ckpt = load_checkpoint(args["resume"], kind="prior") if args["resume"] else None
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     seed_everything(tc.seed + rank)
@@ -68,8 +62,7 @@ def main():
             paths, pils, _ = training.folder_images(args["data"], 32)
             texts = training.folder_captions(paths)
         except ValueError as e:
-            print(f"error: --data {args['data']}: {e}", file=sys.stderr)
-            sys.exit(2)
+            training.fail(f"--data {args['data']}: {e}")
         image_emb = training.clip_image_embeddings(args["clip"], pils)
         text = training.clip_text_features(args["clip"], texts)
     else:

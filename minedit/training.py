@@ -1,9 +1,10 @@
-"""Pieces shared by train_decoder.py and train_prior.py: distributed setup (torchrun + DDP, gloo on CPU,
+"""Pieces shared by the training scripts: checked command-line inputs, distributed setup (torchrun + DDP, gloo on CPU,
 nccl on GPU), EMA weights, the learning-rate schedule, flags from dataclasses, and cached CLIP embeddings
 of toy-world scenes or of a folder of the user's images."""
 
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -17,9 +18,35 @@ from tqdm import tqdm
 
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip
-from minedit.utils import file_hash
+from minedit.utils import file_hash, load_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def fail(message):
+    """A one-line error, exit status 2, nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_paths(args, *flags):
+    """fail() on the first of these flags that names a missing file or folder."""
+    for flag in flags:
+        if args.get(flag) and not os.path.exists(args[flag]):
+            fail(f"--{flag.replace('_', '-')} {args[flag]}: no such file or folder")
+
+
+def checkpoint_arg(args, flag, kind):
+    """The minedit checkpoint a flag names (None when not given); fail() when it is missing, unreadable
+    or of another kind."""
+    path = args.get(flag)
+    if not path:
+        return None
+    check_paths(args, flag)
+    try:
+        return load_checkpoint(path, kind=kind)
+    except Exception as e:  # torch.load raises many types for a bad file; the message names the problem
+        fail(f"--{flag.replace('_', '-')} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
 def setup_distributed(device_name="auto"):

@@ -150,16 +150,28 @@ def test_init_from_decoder_zero_inits_the_new_channels():
     sys.path.insert(0, ROOT)
     from train_decoder import init_from_decoder
     from minedit.unet import UNet, UNetConfig
-    from minedit.utils import save_checkpoint
-    import tempfile
     dec = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16))
-    with tempfile.TemporaryDirectory() as d:
-        save_checkpoint({"kind": "decoder", "model": dec.state_dict()}, os.path.join(d, "dec.pt"))
-        ins = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16, in_channels=6, context_dim=12))
-        loaded = init_from_decoder(ins, os.path.join(d, "dec.pt"))
+    ins = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16, in_channels=6, context_dim=12))
+    loaded = init_from_decoder(ins, {"kind": "decoder", "model": dec.state_dict()})
     w = ins.state_dict()["input_blocks.0.0.weight"]
     assert torch.equal(w[:, :3], dec.state_dict()["input_blocks.0.0.weight"]) and w[:, 3:].abs().max() == 0
     assert "input_blocks.0.0.weight" in loaded and not any(k.startswith("context_proj") for k in loaded)
+
+
+@pytest.mark.parametrize("script,flag", [("train_clip.py", "--resume"), ("train_clip.py", "--text-from"),
+                                         ("train_prior.py", "--resume"), ("train_decoder.py", "--resume"),
+                                         ("train_decoder.py", "--init")])
+def test_bad_checkpoint_flags_fail_cleanly(tiny_clip, tmp_path, script, flag):
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("hello")
+    wrong_kind = tiny_clip if script != "train_clip.py" else None
+    cases = [tmp_path / "missing.pt", not_a_checkpoint] + ([wrong_kind] if wrong_kind else [])
+    extra = ["--task", "instruct"] if flag == "--init" else []
+    for path in cases:
+        r = run([os.path.join(ROOT, script), *extra, flag, str(path), "--out", str(tmp_path / "out.pt")], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and flag in r.stderr, (path, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.pt").exists()
 
 
 def test_train_prior_runs_and_resumes(tiny_clip, tmp_path):
