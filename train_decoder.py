@@ -128,7 +128,8 @@ def main():
         training.fail(f"--task {task}: must be decoder or instruct")
     if args["text_cond"] not in (None, "both", "emb", "states"):
         training.fail(f"--text-cond {args['text_cond']}: must be both, emb or states")
-    training.check_paths(args, "clip", "data")
+    training.check_paths(args, "data")
+    training.clip_arg(args)
     ckpt = training.checkpoint_arg(args, "resume", task)
     init = training.checkpoint_arg(args, "init", "decoder")
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")

@@ -49,6 +49,15 @@ def checkpoint_arg(args, flag, kind):
         fail(f"--{flag.replace('_', '-')} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
+def clip_arg(args, flag="clip"):
+    """fail() unless the flag names weights that clip.load reads."""
+    check_paths(args, flag)
+    try:
+        load_clip(args[flag])
+    except Exception as e:  # any unreadable file: name it, no traceback
+        fail(f"--{flag} {args[flag]}: not CLIP weights that clip.load reads ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+
 def setup_distributed(device_name="auto"):
     """(rank, world_size, device). Under torchrun, joins the process group (nccl on CUDA, else gloo)."""
     from minedit.utils import pick_device

@@ -160,11 +160,12 @@ def test_init_from_decoder_zero_inits_the_new_channels():
 
 @pytest.mark.parametrize("script,flag", [("train_clip.py", "--resume"), ("train_clip.py", "--text-from"),
                                          ("train_prior.py", "--resume"), ("train_decoder.py", "--resume"),
-                                         ("train_decoder.py", "--init")])
+                                         ("train_decoder.py", "--init"), ("train_decoder.py", "--clip"),
+                                         ("train_prior.py", "--clip")])
 def test_bad_checkpoint_flags_fail_cleanly(tiny_clip, tmp_path, script, flag):
     not_a_checkpoint = tmp_path / "notes.pt"
     not_a_checkpoint.write_text("hello")
-    wrong_kind = tiny_clip if script != "train_clip.py" else None
+    wrong_kind = tiny_clip if script != "train_clip.py" and flag != "--clip" else None
     cases = [tmp_path / "missing.pt", not_a_checkpoint] + ([wrong_kind] if wrong_kind else [])
     extra = ["--task", "instruct"] if flag == "--init" else []
     for path in cases:
