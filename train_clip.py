@@ -128,6 +128,7 @@ def main():
     p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
     args = vars(p.parse_args())
 
+    training.check_out(args["out"])
     ckpt = training.checkpoint_arg(args, "resume", "clip")
     text_from = None if ckpt else training.checkpoint_arg(args, "text_from", "clip")
     base = ckpt or text_from

@@ -133,6 +133,7 @@ def main():
     ckpt = training.checkpoint_arg(args, "resume", task)
     init = training.checkpoint_arg(args, "init", "decoder")
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
+    training.check_out(out)
     sample_dir = args["samples"] or f"runs/{task}"
 
     rank, world, device = training.setup_distributed(args["device"])

@@ -50,6 +50,7 @@ def main():
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     args = vars(p.parse_args())
     training.check_paths(args, "data")
+    training.check_out(args["out"])
     training.clip_arg(args)
     ckpt = training.checkpoint_arg(args, "resume", "prior")
     rank, world, device = training.setup_distributed(args["device"])

@@ -146,6 +146,7 @@ def main():
         sys.exit(print(f"error: --images {a.images}: not a folder", file=sys.stderr) or 2)
     if a.steps < 1 or a.vectors < 1 or a.lr <= 0 or a.reg < 0:
         sys.exit(print("error: --steps and --vectors must be >= 1, --lr > 0, --reg >= 0", file=sys.stderr) or 2)
+    training.check_out(a.out)
     models = Models(a.weights or CHECKPOINTS)
     res = models.clip.config.image_resolution
     try:

@@ -132,7 +132,7 @@ def load_reader(path=None):
     return reader.eval()
 
 
-def train(steps=2000, batch_size=128, lr=2e-3, width=32, seed=1000, out=None):
+def train(steps=3000, batch_size=128, lr=2e-3, width=32, seed=1000, out=None):
     from tqdm import tqdm
     torch.manual_seed(seed)
     reader = Reader(width)
@@ -164,14 +164,18 @@ def train(steps=2000, batch_size=128, lr=2e-3, width=32, seed=1000, out=None):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description="Train the toy-world attribute reader.")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--seed", type=int, default=1000)
+    p = argparse.ArgumentParser(description="Train the toy-world attribute reader (the defaults made checkpoints/reader.pt).")
+    p.add_argument("--steps", type=int, default=3000, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak of the one-cycle schedule (default: %(default)s)")
+    p.add_argument("--width", type=int, default=32, help="channels of the first conv (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1000, help="world seed of the training scenes (default: %(default)s)")
     p.add_argument("--out", default=None, help="default: checkpoints/reader.pt")
     a = p.parse_args()
+    if min(a.steps, a.batch_size, a.width) < 1 or a.lr <= 0:
+        p.exit(2, "error: --steps, --batch-size, --width and --lr must be positive\n")
+    from minedit.training import check_out
+    check_out(a.out or CHECKPOINTS / "reader.pt")
     reader = train(a.steps, a.batch_size, a.lr, a.width, a.seed, a.out)
     scenes = [tw.sample_scene(0, "test", i) for i in range(2000)]
     print({k: round(v, 4) for k, v in accuracy(reader, scenes).items()})

@@ -517,6 +517,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.scenes < 0 or args.edits < 0 or not 8 <= args.res <= 512:
         p.exit(2, "error: --scenes/--edits must be >= 0 and --res between 8 and 512\n")
+    from minedit.training import check_out
+    check_out(args.out)
     save_image_atomic(grid_image(args.scenes, args.edits, args.res, args.seed, args.split), args.out)
     print(f"wrote {args.out}: {args.scenes} scenes and {args.edits} edits at {args.res} px (seed {args.seed})")
 

@@ -2,6 +2,7 @@
 nccl on GPU), EMA weights, the learning-rate schedule, flags from dataclasses, and cached CLIP embeddings
 of toy-world scenes or of a folder of the user's images."""
 
+import argparse
 import math
 import os
 import sys
@@ -34,6 +35,15 @@ def check_paths(args, *flags):
     for flag in flags:
         if args.get(flag) and not os.path.exists(args[flag]):
             fail(f"--{flag.replace('_', '-')} {args[flag]}: no such file or folder")
+
+
+def check_out(path, flag="out"):
+    """fail() now, before any work, if `path` cannot be written: its folder is missing or it is a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        fail(f"--{flag} {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        fail(f"--{flag} {path}: is a folder; give a file name")
 
 
 def checkpoint_arg(args, flag, kind):
@@ -150,13 +160,28 @@ def fit(net, loss_fn, tc, device, rank, world, ckpt, out, meta, desc, callback=N
     return ema
 
 
+POSITIVE = {"steps", "batch_size", "lr"}  # fields that must be > 0; every other number must be >= 0
+
+
+def _number(kind, name):
+    def parse(text):
+        v = kind(text)
+        if v < 0 or (name in POSITIVE and v == 0):
+            raise argparse.ArgumentTypeError(f"must be {'> 0' if name in POSITIVE else '>= 0'}, got {text}")
+        return v
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def add_dataclass_flags(parser, *classes):
-    """--kebab-case flags for every int/float/str/bool field (tuples are set in code)."""
+    """--kebab-case flags for every int/float/str/bool field (tuples are set in code); numbers are
+    checked (>= 0, and > 0 for steps, batch size and lr)."""
     for cls in classes:
         for f in fields(cls):
             if f.type in (int, float, str, "int", "float", "str"):
-                parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                                    help=f"{cls.__name__}.{f.name} (default {f.default})")
+                kind = type(f.default)
+                parser.add_argument("--" + f.name.replace("_", "-"), type=kind if kind is str else _number(kind, f.name),
+                                    default=None, help=f"{cls.__name__}.{f.name} (default {f.default})")
 
 
 def override(obj, args):

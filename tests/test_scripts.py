@@ -210,3 +210,16 @@ def test_prior_two_processes_ddp(tiny_clip, tmp_path):
              "--device", "cpu", "--out", str(tmp_path / "ddp.pt")], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 process(es)" in r.stdout
+
+
+@pytest.mark.parametrize("cmd", [["train_clip.py"], ["train_decoder.py"], ["train_prior.py"], ["-m", "minedit.reader"],
+                                 ["-m", "minedit.toyworld"],
+                                 ["-m", "minedit.inversion", "--images", os.path.join(ROOT, "examples", "concept"), "--token", "<s*>"]])
+def test_unwritable_out_and_bad_numbers_fail_before_any_work(cmd, tmp_path):
+    script = [os.path.join(ROOT, cmd[0])] + cmd[1:] if cmd[0].endswith(".py") else cmd
+    for bad in (["--out", str(tmp_path / "no" / "such" / "x.pt")], ["--out", str(tmp_path)], ["--steps", "-5"]):
+        if cmd[-1] == "minedit.toyworld" and bad[0] == "--steps":
+            bad = ["--res", "-5"]
+        r = run([*script, *bad], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and bad[0] in r.stderr, (bad, r.stderr[-300:])
+    assert os.listdir(tmp_path) == []
