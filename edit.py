@@ -244,6 +244,7 @@ def run(a, models, concepts, x, device):
 
 
 def main(argv=None):
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"  # one line, no source echo
     a = parse(argv)
     index = None  # replaying one file of an -n run
     if a.replay:

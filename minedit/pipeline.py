@@ -17,6 +17,7 @@ Images are (B, 3, H, W) in [-1, 1] at the models' resolution; embeddings are uni
 """
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from minedit.guidance import cfg, instruct_cfg
 from minedit.prior import Prior, PriorConfig, rerank
 from minedit.tokenizer import tokenize
 from minedit.unet import UNet, UNetConfig
-from minedit.utils import load_checkpoint
+from minedit.utils import file_hash, load_checkpoint
 
 CHECKPOINT_FILES = {"clip": "clip.pt", "decoder": "decoder.pt", "prior": "prior.pt", "instruct": "instruct.pt"}
 
@@ -75,21 +76,37 @@ class Models:
             self._cache[name] = load(self.path(name))
         return self._cache[name]
 
+    def _check_clip(self, name, ckpt):
+        """Warn when a model was trained on another CLIP than this folder's clip.pt: its conditioning
+        would then mean nothing (e.g. after `python train_clip.py` overwrote clip.pt)."""
+        want, have = ckpt.get("clip_sha256_16"), file_hash(self.path("clip"))
+        if want and want != have:
+            warnings.warn(f"{self.path(name)} was trained with a CLIP of sha256 {want}..., but {self.path('clip')} is "
+                          f"{have}...: its outputs will be noise. Retrain it on this CLIP or restore the CLIP it was trained with.")
+        return ckpt
+
     @property
     def clip(self):
         return self._get("clip", lambda p: clip_lib.load(p)[0].to(self.device).eval())
 
+    def _load(self, name, load):
+        def build(path):
+            *models, ckpt = load(path)
+            self._check_clip(name, ckpt)
+            return tuple(m.to(self.device) for m in models)
+        return self._get(name, build)
+
     @property
     def decoder(self):  # (unet, diffusion)
-        return self._get("decoder", lambda p: tuple(m.to(self.device) for m in load_decoder(p)[:2]))
+        return self._load("decoder", load_decoder)
 
     @property
     def prior(self):  # (prior, diffusion)
-        return self._get("prior", lambda p: tuple(m.to(self.device) for m in load_prior(p)[:2]))
+        return self._load("prior", load_prior)
 
     @property
     def instruct(self):  # (unet, diffusion)
-        return self._get("instruct", lambda p: tuple(m.to(self.device) for m in load_decoder(p, "instruct")[:2]))
+        return self._load("instruct", lambda p: load_decoder(p, "instruct"))
 
 
 # -----------------------------------------------------------------------------

@@ -213,3 +213,19 @@ def test_textdiff_at_theta_zero_gives_the_input_back():
     y = pipeline.edit_textdiff(models, x, "a blue star", "a picture", theta=0.0, steps=20)
     psnr = 10 * torch.log10(1 / ((y - x) / 2).pow(2).flatten(1).mean(1))
     assert psnr.min() > 30, psnr
+
+
+def test_models_warn_when_clip_is_not_the_one_they_were_trained_with(tmp_path):
+    import warnings
+    from minedit.pipeline import Models
+    from minedit.utils import CHECKPOINTS
+    for name in ("clip.pt", "prior.pt"):
+        shutil.copy(CHECKPOINTS / name, tmp_path / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Models(tmp_path).prior  # the shipped pair: no warning
+    ckpt = torch.load(tmp_path / "clip.pt", weights_only=True)
+    ckpt["step"] = ckpt.get("step", 0) + 1  # another CLIP file (as after a retrain)
+    torch.save(ckpt, tmp_path / "clip.pt")
+    with pytest.warns(UserWarning, match="prior.pt was trained with a CLIP"):
+        Models(tmp_path).prior
