@@ -128,8 +128,7 @@ def main():
         training.fail(f"--task {task}: must be decoder or instruct")
     if args["text_cond"] not in (None, "both", "emb", "states"):
         training.fail(f"--text-cond {args['text_cond']}: must be both, emb or states")
-    training.check_paths(args, "data")
-    training.clip_arg(args)
+    training.check_paths(args, "clip", "data")
     ckpt = training.checkpoint_arg(args, "resume", task)
     init = training.checkpoint_arg(args, "init", "decoder")
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")

@@ -83,7 +83,6 @@ class Models:
         if want and want != have:
             warnings.warn(f"{self.path(name)} was trained with a CLIP of sha256 {want}..., but {self.path('clip')} is "
                           f"{have}...: its outputs will be noise. Retrain it on this CLIP or restore the CLIP it was trained with.")
-        return ckpt
 
     @property
     def clip(self):

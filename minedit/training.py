@@ -59,13 +59,12 @@ def checkpoint_arg(args, flag, kind):
         fail(f"--{flag.replace('_', '-')} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
-def clip_arg(args, flag="clip"):
-    """fail() unless the flag names weights that clip.load reads."""
-    check_paths(args, flag)
+def _load_clip(clip_path):
+    """clip.load for the --clip flag: fail() on a file it cannot read, naming it, without a traceback."""
     try:
-        load_clip(args[flag])
-    except Exception as e:  # any unreadable file: name it, no traceback
-        fail(f"--{flag} {args[flag]}: not CLIP weights that clip.load reads ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return load_clip(clip_path)
+    except Exception as e:
+        fail(f"--clip {clip_path}: not CLIP weights that clip.load reads ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
 def setup_distributed(device_name="auto"):
@@ -213,7 +212,7 @@ def clip_image_embeddings(clip_path, pils, cache=None, batch_size=256):
     """CLIP image embeddings (N, E), fp32, unit-normalized, of PIL images; cached in `cache` if given."""
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
-    model, preprocess = load_clip(clip_path)
+    model, preprocess = _load_clip(clip_path)
     out = []
     for i in range(0, len(pils), batch_size):
         x = torch.stack([preprocess(p) for p in pils[i:i + batch_size]])
@@ -245,7 +244,7 @@ def clip_text_features(clip_path, texts, cache=None, batch_size=512):
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
     from minedit.pipeline import encode_texts
-    model, _ = load_clip(clip_path)
+    model, _ = _load_clip(clip_path)
     parts = [encode_texts(model, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
     T = max(p["states"].shape[1] for p in parts)
     pad = lambda x: F.pad(x, (0, 0, 0, T - x.shape[1])) if x.dim() == 3 else F.pad(x, (0, T - x.shape[1]))
