@@ -16,6 +16,11 @@ held-out test combination. Shape stays the weak attribute at CPU budgets (README
     python train_clip.py --resume checkpoints/clip.pt --steps 4000   # continue to 4000 steps in total
     python train_clip.py --text-from checkpoints/clip.pt --freeze-text --swap-images 64 --out /tmp/clip_lt.pt
                                                   # a new image tower for the shipped text tower
+    python train_clip.py --vision-layers 1,1,1,1 --vision-width 16 --image-resolution 128 --out /tmp/clip_rn.pt
+                                                  # a ResNet image tower (OpenAI's RN50 design), 32 px scenes at 128 px
+
+--edits sets the hard negatives' edit kinds (repeats weigh them), --text-lr-scale the text tower's
+learning rate relative to the image tower's.
 """
 
 import argparse
@@ -49,15 +54,14 @@ class TrainConfig:
     swap_weight: float = 1.0
     freeze_text: bool = False  # train the image tower only (the text tower, and every text embedding, stay as they are)
     save_every: int = 500
+    text_lr_scale: float = 1.0  # the text tower's learning rate, relative to the image tower's
+    edits: str = "reshape,move,reshape,move,resize,recolor,background,style"  # hard-negative edits, drawn uniformly
 
 
-EDITS = ("reshape", "move", "reshape", "move", "resize", "recolor", "background", "style")
-
-
-def edited(rng, scene):
-    """The scene with one attribute changed, staying in the training split."""
+def edited(rng, scene, kinds):
+    """The scene with one attribute changed (an edit kind drawn from `kinds`), staying in the training split."""
     for _ in range(20):
-        out = tw._apply(rng, scene, rng.choice(EDITS))[1]
+        out = tw._apply(rng, scene, rng.choice(kinds))[1]
         if tw.split_of(out) == "train":
             return out
     return None
@@ -85,13 +89,14 @@ def swap_set(rng, scene):
 def batch(step, tc, context_length):
     rng = random.Random(f"clip-batch:{tc.seed}:{step}")
     n = tc.batch_size // 2 if tc.hard_negatives else tc.batch_size
+    kinds = tc.edits.split(",")
     scenes = [tw.sample_scene(tc.seed, "train", i) for i in range(step * n, (step + 1) * n)]
     if tc.hard_negatives:  # the second half: each scene of the first half with one attribute edited
-        pairs = [edited(rng, s) for s in scenes]
+        pairs = [edited(rng, s, kinds) for s in scenes]
         scenes = scenes + [p or tw.sample_scene(tc.seed + 1, "train", step * n + i) for i, p in enumerate(pairs)]
     texts = [tw.caption(s, rng) for s in scenes]
     if tc.hard_negatives:  # an extra negative caption per image: its own scene, edited
-        texts += [tw.caption(edited(rng, s) or tw.sample_scene(tc.seed + 2, "train", step * len(scenes) + i), rng)
+        texts += [tw.caption(edited(rng, s, kinds) or tw.sample_scene(tc.seed + 2, "train", step * len(scenes) + i), rng)
                   for i, s in enumerate(scenes)]
     swaps = []  # (captions of a swap set, all with the same paraphrase; index of the true one)
     for s in scenes[:tc.swap_images]:
@@ -115,6 +120,17 @@ def swap_loss(model, z_img, swap_texts, swaps, grad_text):
     return F.cross_entropy(logits, torch.tensor([j for _, j in swaps], device=z_img.device))
 
 
+def vision_layers(s):
+    """--vision-layers: "4" (a ViT of depth 4) or "1,1,1,1" (a ModifiedResNet)."""
+    try:
+        n = tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not one int or four comma-separated ints") from None
+    if len(n) not in (1, 4) or min(n) < 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: give one int (ViT depth) or four (ResNet blocks per stage), each >= 1")
+    return n[0] if len(n) == 1 else n
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     training.add_dataclass_flags(p, TrainConfig, CLIPConfig)
@@ -123,6 +139,8 @@ def main():
     p.add_argument("--text-from", default=None, help="take the text tower (and config) from this CLIP; the image tower starts "
                    "fresh (with --freeze-text: the text embeddings stay exactly as they are)")
     p.add_argument("--freeze-text", action="store_const", const=True, default=None, help="train the image tower only")
+    p.add_argument("--vision-layers", type=vision_layers, default=None, help="the image tower: a ViT's depth (one int) or "
+                   "a ModifiedResNet's blocks per stage (four ints, e.g. 1,1,1,1; OpenAI's RN50 is 3,4,6,3)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
@@ -136,18 +154,21 @@ def main():
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
+    if bad := set(tc.edits.split(",")) - {"reshape", "move", "resize", "recolor", "background", "style"}:
+        training.fail(f"--edits: unknown edit kind(s) {sorted(bad)}; use reshape, move, resize, recolor, background, style")
     device = pick_device(args["device"])
     seed_everything(tc.seed)
     model = CLIP(mc).to(device)
     if text_from:  # an existing text tower (and logit scale) with a new image tower
-        fresh = {k: v.clone() for k, v in model.visual.state_dict().items()}
-        model.load_state_dict({k: v.float() for k, v in expand(text_from["model"]).items()}, strict=True)
-        model.visual.load_state_dict(fresh)
+        text = {k: v.float() for k, v in expand(text_from["model"]).items() if not k.startswith("visual.")}
+        model.load_state_dict({**text, **{"visual." + k: v for k, v in model.visual.state_dict().items()}}, strict=True)
     if tc.freeze_text:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("visual.") or name == "logit_scale"
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, betas=(0.9, 0.98), eps=1e-6,
-                            weight_decay=tc.weight_decay)
+    groups = [[p for n, p in model.named_parameters() if p.requires_grad and (n.startswith("visual.") or n == "logit_scale") == image]
+              for image in (True, False)]
+    opt = torch.optim.AdamW([{"params": ps, "scale": scale} for ps, scale in zip(groups, (1.0, tc.text_lr_scale)) if ps],
+                            lr=tc.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=tc.weight_decay)
     start = 0
     if ckpt:
         model.load_state_dict({k: v.float() for k, v in expand(ckpt["model"]).items()}, strict=True)
@@ -167,9 +188,9 @@ def main():
     t0, pbar = time.time(), tqdm(range(start, tc.steps), desc="clip", mininterval=2)
     for step in pbar:
         x, text, swap_texts, swaps = batch(step, tc, mc.context_length)
-        x, text = normalize(x).to(device), text.to(device)
+        x, text = normalize(x, mc.image_resolution).to(device), text.to(device)
         for g in opt.param_groups:
-            g["lr"] = training.lr_at(step, tc.lr, tc.warmup, tc.steps, floor=0.0)
+            g["lr"] = g["scale"] * training.lr_at(step, tc.lr, tc.warmup, tc.steps, floor=0.0)
         with autocast(device, tc.bf16):
             z_img = F.normalize(model.encode_image(x).float(), dim=-1)
             with torch.set_grad_enabled(not tc.freeze_text):

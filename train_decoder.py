@@ -27,6 +27,7 @@ import torch
 
 from minedit import toyworld as tw
 from minedit import training
+from minedit.clip import text_tower_hash
 from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
 from minedit.pipeline import instruct_result, instruct_variable, unet_config
@@ -216,7 +217,11 @@ def main():
                           tc.cfg_image, tc.cfg_text, path)
         diffusion.to(device)
 
-    meta = {"kind": task, "version": 1, "config": asdict(mc), "clip_sha256_16": clip_tag}
+    if task == "decoder":
+        meta = {"kind": task, "version": 1, "config": asdict(mc), "clip_sha256_16": clip_tag}
+    else:  # the instruct model reads CLIP text only: it records the text tower it was trained with
+        meta = {"kind": task, "version": 1, "config": asdict(mc),
+                "clip_text_sha256_16": text_tower_hash(training._load_clip(args["clip"])[0])}
     training.fit(unet, decoder_loss if task == "decoder" else instruct_loss, tc, device, rank, world, ckpt, out,
                  meta, task, samples)
     if world > 1:

@@ -27,8 +27,8 @@ def embed_texts(model, texts):
 
 @torch.no_grad()
 def embed_images(model, scenes):
-    x = tw.render_batch(scenes, model.config.image_resolution)
-    return torch.cat([F.normalize(model.encode_image(normalize(x[i:i + 512])), dim=-1) for i in range(0, len(x), 512)])
+    x = tw.render_batch(scenes, 32)  # the toy world's resolution, as in training (normalize resizes)
+    return torch.cat([F.normalize(model.encode_image(normalize(x[i:i + 512], model.config.image_resolution)), dim=-1) for i in range(0, len(x), 512)])
 
 
 def candidates(scene, attr):
@@ -88,6 +88,24 @@ def linear_probe(model, n_train=8000, n_test=1000, steps=1500):
     return out
 
 
+@torch.no_grad()
+def text_separation(model):
+    """Mean cosine between the text embeddings of captions that differ only in the object's shape (or
+    only in its colour), over 8 colours (shapes) x 9 places: near 1, the text tower cannot tell them
+    apart and no image tower can score zero-shot on that attribute."""
+    out = {}
+    for attr, values in (("shape", tw.SHAPES), ("color", list(tw.COLORS))):
+        sims = []
+        for other in (list(tw.COLORS) if attr == "shape" else tw.SHAPES):
+            for pos in tw.POSITIONS:
+                pairs = [(v, other) if attr == "shape" else (other, v) for v in values]  # (shape, colour)
+                objs = [tw.Obj(shape, color, "big", pos) for shape, color in pairs]
+                z = embed_texts(model, [tw.caption(tw.Scene("black", (o,), "plain")) for o in objs])
+                sims.append((z @ z.T)[~torch.eye(len(values), dtype=torch.bool)].mean())
+        out[attr] = round(torch.stack(sims).mean().item(), 4)
+    return out
+
+
 def retrieval(model, scenes):
     zi, zt = embed_images(model, scenes), embed_texts(model, [tw.caption(s) for s in scenes])
     sim = zt @ zi.t()
@@ -108,5 +126,6 @@ if __name__ == "__main__":
     for seed in range(3):
         result[f"retrieval_100_seed{seed}"] = retrieval(model, [tw.sample_scene(100 + seed, "test", i) for i in range(100)])
     result["linear_probe_one_object"] = linear_probe(model)
+    result["text_cosine_between_captions_differing_in"] = text_separation(model)
     result["text_to_image_R@1_mean"] = round(sum(result[f"retrieval_100_seed{s}"]["text_to_image_R@1"] for s in range(3)) / 3, 4)
     print(json.dumps(result, indent=1))

@@ -36,7 +36,7 @@ reader = load_reader()
 scenes = [tw.sample_scene(0, "test", i) for i in range(a.n)]
 x = tw.render_batch(scenes, unet.config.image_size)
 with torch.no_grad():
-    emb = F.normalize(clip.encode_image(normalize(x)), dim=-1)
+    emb = F.normalize(clip.encode_image(normalize(x, clip.config.image_resolution)), dim=-1)
 
 samples = []
 g = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
 """
 CLIP (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"):
-a ViT image tower and a causal text transformer trained so matching (image, text) pairs have the
-highest cosine similarity in a batch. The layout and parameter names follow OpenAI's clip/model.py, so
+an image tower (a ViT, or OpenAI's ModifiedResNet as in RN50) and a causal text transformer trained so
+matching (image, text) pairs have the highest cosine similarity in a batch. The layout and parameter names follow OpenAI's clip/model.py, so
 OpenAI and open_clip state dicts load with strict=True; Hugging Face CLIPModel weights load through a
 named key mapping. `load(path)` reads all of them, and minedit's own checkpoints.
 
@@ -10,6 +10,7 @@ named key mapping. `load(path)` reads all of them, and minedit's own checkpoints
     z_txt = model.encode_text(tokenize(["a red star"], model.config.context_length))
 """
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -26,9 +27,9 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 class CLIPConfig:
     embed_dim: int = 128
     image_resolution: int = 32
-    vision_layers: int = 4
+    vision_layers: int | tuple = 4  # an int: ViT depth; four ints: a ModifiedResNet's blocks per stage
     vision_width: int = 128
-    vision_patch_size: int = 4
+    vision_patch_size: int = 4  # ViT only
     context_length: int = 40
     vocab_size: int = 49408
     transformer_width: int = 128
@@ -119,12 +120,84 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x[:, 0]) @ self.proj  # (B, E)
 
 
+# -----------------------------------------------------------------------------
+# the ResNet image tower (OpenAI's RN50 family): a ResNet-D with a 3-conv stem, anti-aliased (average
+# pool) downsampling, and attention pooling in place of global average pooling
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3, self.bn3 = nn.Conv2d(planes, 4 * planes, 1, bias=False), nn.BatchNorm2d(4 * planes)
+        self.downsample = None
+        if stride > 1 or inplanes != 4 * planes:  # keys "-1" (no weights), "0", "1" as in OpenAI's state dicts
+            self.downsample = nn.Sequential()
+            self.downsample.add_module("-1", nn.AvgPool2d(stride) if stride > 1 else nn.Identity())
+            self.downsample.add_module("0", nn.Conv2d(inplanes, 4 * planes, 1, bias=False))
+            self.downsample.add_module("1", nn.BatchNorm2d(4 * planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.avgpool(F.relu(self.bn2(self.conv2(out))))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class AttentionPool2d(nn.Module):
+    """One query, the mean of the feature map, attends over [mean, every position]."""
+
+    def __init__(self, grid, width, heads, out_dim):
+        super().__init__()
+        self.heads = heads
+        self.positional_embedding = nn.Parameter(torch.randn(grid ** 2 + 1, width) / width ** 0.5)
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.c_proj = nn.Linear(width, out_dim)
+
+    def forward(self, x):
+        x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        x = torch.cat([x.mean(1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, HW+1, C)
+        B, T, C = x.shape
+        split = lambda t: t.view(B, t.shape[1], self.heads, C // self.heads).transpose(1, 2)  # (B, h, T, d)
+        y = F.scaled_dot_product_attention(split(self.q_proj(x[:, :1])), split(self.k_proj(x)), split(self.v_proj(x)))
+        return self.c_proj(y.transpose(1, 2).reshape(B, C))
+
+
+class ModifiedResNet(nn.Module):
+    def __init__(self, layers, out_dim, heads, resolution, width):
+        super().__init__()
+        self.input_resolution = resolution
+        self.conv1, self.bn1 = nn.Conv2d(3, width // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(width // 2)
+        self.conv2, self.bn2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False), nn.BatchNorm2d(width // 2)
+        self.conv3, self.bn3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.avgpool = nn.AvgPool2d(2)
+        inplanes = width
+        for i, n in enumerate(layers):  # stages at width, 2, 4, 8 x width planes (x4 channels out), stride 1, 2, 2, 2
+            planes = width * 2 ** i
+            blocks = [Bottleneck(inplanes, planes, 1 if i == 0 else 2)] + [Bottleneck(4 * planes, planes) for _ in range(n - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            inplanes = 4 * planes
+        self.attnpool = AttentionPool2d(resolution // 32, 32 * width, heads, out_dim)
+
+    def forward(self, x):
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            x = F.relu(bn(conv(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.avgpool(x)))))  # (B, 32w, R/32, R/32)
+        return self.attnpool(x)
+
+
 class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig):
         super().__init__()
         c = self.config = config
-        self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                        c.vision_width // 64, c.embed_dim, c.quick_gelu)
+        if isinstance(c.vision_layers, int):
+            self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
+                                            c.vision_width // 64, c.embed_dim, c.quick_gelu)
+        else:
+            self.visual = ModifiedResNet(c.vision_layers, c.embed_dim, c.vision_width * 32 // 64, c.image_resolution,
+                                         c.vision_width)
         self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads, c.quick_gelu)
         self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
@@ -139,8 +212,17 @@ class CLIP(nn.Module):
         c = self.config
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        for tower, width, layers in ((self.transformer, c.transformer_width, c.transformer_layers),
-                                     (self.visual.transformer, c.vision_width, c.vision_layers)):
+        towers = [(self.transformer, c.transformer_width, c.transformer_layers)]
+        if isinstance(self.visual, ModifiedResNet):
+            pool = self.visual.attnpool
+            for lin in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+                nn.init.normal_(lin.weight, std=pool.c_proj.in_features ** -0.5)
+            for name, p in self.visual.named_parameters():
+                if name.endswith("bn3.weight") and name.startswith("layer"):
+                    nn.init.zeros_(p)  # every residual block starts as the identity
+        else:
+            towers.append((self.visual.transformer, c.vision_width, c.vision_layers))
+        for tower, width, layers in towers:
             proj_std, attn_std, fc_std = (width ** -0.5) * ((2 * layers) ** -0.5), width ** -0.5, (2 * width) ** -0.5
             for block in tower.resblocks:
                 nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
@@ -183,8 +265,11 @@ class CLIP(nn.Module):
 # preprocessing (OpenAI's recipe, with PIL and torch)
 
 
-def normalize(x):
-    """Images in [-1, 1] (B, 3, H, W), as minedit's models use them -> CLIP's normalized input."""
+def normalize(x, resolution=None):
+    """Images in [-1, 1] (B, 3, H, W), as minedit's models use them -> CLIP's normalized input, resized
+    (bicubic) to `resolution` when given (e.g. 32 px scenes for a ResNet CLIP that works at 128 px)."""
+    if resolution is not None and x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False).clamp(-1, 1)
     x = (x + 1) / 2
     mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
     return (x - mean[:, None, None]) / std[:, None, None]
@@ -258,18 +343,23 @@ def infer_config(sd, quick_gelu=True):
     try:
         layers = lambda prefix: len({k.split(".")[2 if prefix == "transformer" else 3] for k in sd
                                      if k.startswith(prefix + ".resblocks.")})
-        vision_width = sd["visual.conv1.weight"].shape[0]
-        patch = sd["visual.conv1.weight"].shape[-1]
-        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        if "visual.proj" in sd:  # a ViT
+            vision_width, patch = sd["visual.conv1.weight"].shape[0], sd["visual.conv1.weight"].shape[-1]
+            resolution = patch * round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision_layers = layers("visual.transformer")
+        else:  # a ModifiedResNet: no visual.proj, an attention pool instead
+            vision_width, patch = sd["visual.layer1.0.conv1.weight"].shape[0], None
+            resolution = 32 * round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision_layers = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{i}.")}) for i in (1, 2, 3, 4))
         width = sd["ln_final.weight"].shape[0]
-        return CLIPConfig(embed_dim=sd["text_projection"].shape[1], image_resolution=patch * grid,
-                          vision_layers=layers("visual.transformer"), vision_width=vision_width,
+        return CLIPConfig(embed_dim=sd["text_projection"].shape[1], image_resolution=resolution,
+                          vision_layers=vision_layers, vision_width=vision_width,
                           vision_patch_size=patch, context_length=sd["positional_embedding"].shape[0],
                           vocab_size=sd["token_embedding.weight"].shape[0], transformer_width=width,
                           transformer_heads=width // 64, transformer_layers=layers("transformer"),
                           quick_gelu=quick_gelu)
     except KeyError as e:
-        raise ValueError(f"not a CLIP ViT state dict: missing key {e.args[0]!r}") from None
+        raise ValueError(f"not a CLIP state dict: missing key {e.args[0]!r}") from None
 
 
 def load_strict(model, sd):
@@ -341,6 +431,17 @@ def load(path, quick_gelu=None):
         sd = from_hf(sd)
     model = build_model(sd, True if quick_gelu is None else quick_gelu)
     return model, Preprocess(model.config.image_resolution)
+
+
+def text_tower_hash(model):
+    """The first 16 hex digits of a sha256 over the text tower's weights (as stored: fp16). A model that
+    reads only CLIP text (the instruct model) stays valid as long as this is unchanged, even when a new
+    image tower is trained beside a frozen text tower (train_clip.py --text-from --freeze-text)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if not k.startswith("visual.") and k != "logit_scale":
+            h.update(k.encode() + v.detach().half().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def checkpoint(model, keep_ids, **extra):

@@ -79,7 +79,10 @@ class Models:
     def _check_clip(self, name, ckpt):
         """Warn when a model was trained on another CLIP than this folder's clip.pt: its conditioning
         would then mean nothing (e.g. after `python train_clip.py` overwrote clip.pt)."""
-        want, have = ckpt.get("clip_sha256_16"), file_hash(self.path("clip"))
+        if "clip_text_sha256_16" in ckpt:  # a model that reads only CLIP text: the image tower may change
+            want, have = ckpt["clip_text_sha256_16"], clip_lib.text_tower_hash(self.clip)
+        else:
+            want, have = ckpt.get("clip_sha256_16"), file_hash(self.path("clip"))
         if want and want != have:
             warnings.warn(f"{self.path(name)} was trained with a CLIP of sha256 {want}..., but {self.path('clip')} is "
                           f"{have}...: its outputs will be noise. Retrain it on this CLIP or restore the CLIP it was trained with.")
@@ -114,8 +117,8 @@ class Models:
 
 @torch.no_grad()
 def encode_images(clip, x):
-    """(B, 3, H, W) in [-1, 1] at CLIP's resolution -> unit-norm CLIP image embeddings (B, E)."""
-    return F.normalize(clip.encode_image(clip_lib.normalize(x)).float(), dim=-1)
+    """(B, 3, H, W) in [-1, 1] -> unit-norm CLIP image embeddings (B, E)."""
+    return F.normalize(clip.encode_image(clip_lib.normalize(x, clip.config.image_resolution)).float(), dim=-1)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minedit import toyworld as tw
-from minedit.clip import load as load_clip
+from minedit.clip import load as load_clip, normalize as clip_normalize
 from minedit.utils import file_hash, load_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -208,14 +208,19 @@ def folder_images(folder, res):
 
 
 @torch.no_grad()
-def clip_image_embeddings(clip_path, pils, cache=None, batch_size=256):
-    """CLIP image embeddings (N, E), fp32, unit-normalized, of PIL images; cached in `cache` if given."""
+def clip_image_embeddings(clip_path, images, cache=None, batch_size=256):
+    """CLIP image embeddings (N, E), fp32, unit-normalized, of PIL images (CLIP's preprocessing) or of a
+    uint8 array (N, H, W, 3) (resized as `clip.normalize` does); cached in `cache` if given."""
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
     model, preprocess = _load_clip(clip_path)
     out = []
-    for i in range(0, len(pils), batch_size):
-        x = torch.stack([preprocess(p) for p in pils[i:i + batch_size]])
+    for i in range(0, len(images), batch_size):
+        if isinstance(images, np.ndarray):
+            x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = clip_normalize(x, model.config.image_resolution)
+        else:
+            x = torch.stack([preprocess(p) for p in images[i:i + batch_size]])
         out.append(torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1))
     emb = torch.cat(out)
     if cache is not None:
@@ -228,11 +233,9 @@ def clip_image_embeddings(clip_path, pils, cache=None, batch_size=256):
 
 def toy_training_set(clip_path, n, seed, res, cache_dir=".cache"):
     """uint8 images (n, res, res, 3) of train scenes, their scenes, and CLIP image embeddings (n, E)."""
-    from PIL import Image
     data = tw.SceneDataset("train", n=n, seed=seed, res=res, cache=cache_dir)
     tag = f"{file_hash(clip_path)}-train-n{n}-seed{seed}-{res}px"
-    pils = [Image.fromarray(im) for im in data.images]
-    emb = clip_image_embeddings(clip_path, pils, os.path.join(cache_dir, f"clip-emb-{tag}.pt"))
+    emb = clip_image_embeddings(clip_path, data.images, os.path.join(cache_dir, f"clip-emb-{tag}.pt"))
     return data.images, data, emb
 
 

@@ -46,6 +46,36 @@ def test_open_clip_state_dict(oc_model, tmp_path):
     oc_model.load_state_dict(model.state_dict(), strict=True)
 
 
+def test_open_clip_resnet_state_dict(open_clip, tmp_path):
+    """The ModifiedResNet tower (OpenAI's RN50 family), BatchNorm running statistics included."""
+    torch.manual_seed(0)
+    oc = randomize(open_clip.CLIP(embed_dim=32, quick_gelu=True, vision_cfg=dict(image_size=64, layers=(1, 2, 1, 1), width=32),
+                                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)))
+    g = torch.Generator().manual_seed(2)
+    for name, b in oc.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            b.copy_(torch.rand(b.shape, generator=g) + (0.5 if name.endswith("var") else -0.5))
+    torch.save(oc.state_dict(), tmp_path / "rn.pt")
+    model, preprocess = clip.load(tmp_path / "rn.pt")
+    assert model.config.vision_layers == (1, 2, 1, 1) and model.config.vision_width == 32 and preprocess.n_px == 64
+    img, txt = torch.randn(3, 3, 64, 64, generator=g), tokenize(TEXTS)
+    with torch.no_grad():
+        assert (model.encode_image(img) - oc.encode_image(img)).abs().max() <= TOL  # outputs are ~0.4 in size
+        assert (model.encode_text(txt) - oc.encode_text(txt)).abs().max() <= TOL
+
+
+def test_minedit_resnet_checkpoint_round_trip(tmp_path):
+    config = clip.CLIPConfig(embed_dim=32, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16,
+                             transformer_width=64, transformer_heads=1, transformer_layers=1)
+    model = clip.CLIP(config).eval()
+    torch.save(clip.checkpoint(model, keep_ids=range(49408)), tmp_path / "rn.pt")
+    loaded, _ = clip.load(tmp_path / "rn.pt")
+    assert loaded.config == config
+    img = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # fp16 storage: agreement to about 1e-3 relative
+        assert torch.allclose(loaded.encode_image(img), model.encode_image(img), rtol=1e-2, atol=1e-2)
+
+
 def test_gelu_variant_matters(oc_model):
     model = clip.build_model(oc_model.state_dict(), quick_gelu=False)
     img, _ = inputs()

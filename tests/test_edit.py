@@ -219,13 +219,21 @@ def test_models_warn_when_clip_is_not_the_one_they_were_trained_with(tmp_path):
     import warnings
     from minedit.pipeline import Models
     from minedit.utils import CHECKPOINTS
-    for name in ("clip.pt", "prior.pt"):
+    for name in ("clip.pt", "prior.pt", "instruct.pt"):
         shutil.copy(CHECKPOINTS / name, tmp_path / name)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        Models(tmp_path).prior  # the shipped pair: no warning
+        warnings.simplefilter("error", UserWarning)
+        Models(tmp_path).prior, Models(tmp_path).instruct  # the shipped set: no warning
     ckpt = torch.load(tmp_path / "clip.pt", weights_only=True)
-    ckpt["step"] = ckpt.get("step", 0) + 1  # another CLIP file (as after a retrain)
+    ckpt["step"] = ckpt.get("step", 0) + 1  # another CLIP file (as after a retrain) ...
+    ckpt["model"]["visual.conv1.weight"] += 1  # ... with another image tower
     torch.save(ckpt, tmp_path / "clip.pt")
     with pytest.warns(UserWarning, match="prior.pt was trained with a CLIP"):
         Models(tmp_path).prior
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Models(tmp_path).instruct  # it reads CLIP text only, and the text tower is the same
+    ckpt["model"]["ln_final.bias"] += 1
+    torch.save(ckpt, tmp_path / "clip.pt")
+    with pytest.warns(UserWarning, match="instruct.pt was trained with a CLIP"):
+        Models(tmp_path).instruct

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_CLIP = ["--steps", "2", "--batch-size", "8", "--vision-layers", "1", "--transformer-layers", "1",
+TINY_CLIP = ["--steps", "2", "--batch-size", "8", "--vision-layers", "1", "--image-resolution", "32", "--transformer-layers", "1",
              "--vision-width", "64", "--transformer-width", "64", "--transformer-heads", "1", "--embed-dim", "32"]
 TINY_UNET = ["--n-images", "32", "--batch-size", "4", "--model-channels", "16", "--head-channels", "16",
              "--cond-width", "32", "--sample-every", "0", "--save-every", "0"]
@@ -39,17 +39,20 @@ def test_train_clip_runs_and_resumes(tiny_clip, tmp_path):
 
 def test_train_clip_new_image_tower_for_a_frozen_text_tower(tiny_clip, tmp_path):
     out = tmp_path / "c.pt"
+    from minedit.clip import load, text_tower_hash
     r = run([os.path.join(ROOT, "train_clip.py"), *TINY_CLIP, "--text-from", str(tiny_clip), "--freeze-text",
-             "--swap-images", "4", "--out", str(out)], tmp_path)
+             "--swap-images", "4", "--vision-layers", "1,1,1,1", "--vision-width", "8", "--image-resolution", "64",
+             "--out", str(out)], tmp_path)  # a ViT's text tower, a new ResNet image tower
     assert r.returncode == 0, r.stderr
     r = run([os.path.join(ROOT, "train_clip.py"), "--resume", str(out), "--steps", "3", "--out", str(tmp_path / "r.pt")], tmp_path)
     assert r.returncode == 0, r.stderr  # resuming keeps the text frozen
     old = torch.load(tiny_clip, weights_only=True)["model"]
     for path in (out, tmp_path / "r.pt"):
         new = torch.load(path, weights_only=True)["model"]
-        assert old.keys() == new.keys()
-        assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("visual.")), path  # text: bit-identical
-        assert not torch.equal(old["visual.conv1.weight"], new["visual.conv1.weight"])  # image tower: new
+        text = [k for k in old if not k.startswith("visual.")]
+        assert text and all(torch.equal(old[k], new[k]) for k in text), path  # text: bit-identical
+        assert "visual.attnpool.c_proj.weight" in new and "visual.proj" not in new  # image tower: a ResNet
+        assert text_tower_hash(load(path)[0]) == text_tower_hash(load(tiny_clip)[0])
 
 
 def test_swap_sets_vary_one_attribute_and_stay_out_of_test():
@@ -223,3 +226,21 @@ def test_unwritable_out_and_bad_numbers_fail_before_any_work(cmd, tmp_path):
         r = run([*script, *bad], tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr and bad[0] in r.stderr, (bad, r.stderr[-300:])
     assert os.listdir(tmp_path) == []
+
+
+def test_bad_vision_layers_and_edits_fail_cleanly(tmp_path):
+    for flag, bad in (("--vision-layers", "1,2"), ("--vision-layers", "0"), ("--vision-layers", "a,b,c,d"),
+                      ("--edits", "reshape,noop")):
+        r = run([os.path.join(ROOT, "train_clip.py"), flag, bad, "--out", str(tmp_path / "c.pt")], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and flag in r.stderr, (bad, r.stderr)
+    assert os.listdir(tmp_path) == []
+
+
+def test_text_lr_scale_zero_keeps_the_text_tower(tiny_clip, tmp_path):
+    r = run([os.path.join(ROOT, "train_clip.py"), *TINY_CLIP, "--text-from", str(tiny_clip), "--text-lr-scale", "0",
+             "--edits", "reshape,move", "--out", str(tmp_path / "c.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    old, new = (torch.load(p, weights_only=True)["model"] for p in (tiny_clip, tmp_path / "c.pt"))
+    text = [k for k in old if not k.startswith("visual.") and k != "logit_scale"]
+    assert all(torch.equal(old[k], new[k]) for k in text)  # lr 0 for the text tower: no update, no weight decay
+    assert not torch.equal(old["visual.conv1.weight"], new["visual.conv1.weight"])
