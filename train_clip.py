@@ -58,6 +58,14 @@ class TrainConfig:
     edits: str = "reshape,move,reshape,move,resize,recolor,background,style"  # hard-negative edits, drawn uniformly
 
 
+EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style")  # what --edits may name
+
+
+def image_side(name):
+    """Parameters that train with the image tower (and under --freeze-text): visual.* and the temperature."""
+    return name.startswith("visual.") or name == "logit_scale"
+
+
 def edited(rng, scene, kinds):
     """The scene with one attribute changed (an edit kind drawn from `kinds`), staying in the training split."""
     for _ in range(20):
@@ -154,8 +162,8 @@ def main():
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
-    if bad := set(tc.edits.split(",")) - {"reshape", "move", "resize", "recolor", "background", "style"}:
-        training.fail(f"--edits: unknown edit kind(s) {sorted(bad)}; use reshape, move, resize, recolor, background, style")
+    if bad := set(tc.edits.split(",")) - set(EDIT_KINDS):
+        training.fail(f"--edits: unknown edit kind(s) {sorted(bad)}; use {', '.join(EDIT_KINDS)}")
     device = pick_device(args["device"])
     seed_everything(tc.seed)
     model = CLIP(mc).to(device)
@@ -164,9 +172,8 @@ def main():
         model.load_state_dict({**text, **{"visual." + k: v for k, v in model.visual.state_dict().items()}}, strict=True)
     if tc.freeze_text:
         for name, p in model.named_parameters():
-            p.requires_grad = name.startswith("visual.") or name == "logit_scale"
-    groups = [[p for n, p in model.named_parameters() if p.requires_grad and (n.startswith("visual.") or n == "logit_scale") == image]
-              for image in (True, False)]
+            p.requires_grad = image_side(name)
+    groups = [[p for n, p in model.named_parameters() if p.requires_grad and image_side(n) == image] for image in (True, False)]
     opt = torch.optim.AdamW([{"params": ps, "scale": scale} for ps, scale in zip(groups, (1.0, tc.text_lr_scale)) if ps],
                             lr=tc.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=tc.weight_decay)
     start = 0

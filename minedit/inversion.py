@@ -141,7 +141,7 @@ def main():
     a = p.parse_args()
     from minedit import training
     from minedit.pipeline import Models
-    from minedit.utils import CHECKPOINTS
+    from minedit.utils import CHECKPOINTS, from_image
     if not os.path.isdir(a.images):
         sys.exit(print(f"error: --images {a.images}: not a folder", file=sys.stderr) or 2)
     if a.steps < 1 or a.vectors < 1 or a.lr <= 0 or a.reg < 0:
@@ -159,7 +159,7 @@ def main():
         captions = None
     print(f"learning {a.token!r} ({a.vectors} vector(s), init {a.init!r}) from {len(paths)} images; seed {a.seed}; "
           f"{'their captions' if captions else 'generic templates'}")
-    images = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = from_image(arrays)
     prior, diffusion = models.prior
     emb = learn(models.clip, prior, diffusion, images, a.token, a.init, captions, a.vectors, a.steps, a.lr, a.reg, seed=a.seed)
     save_embeddings(emb, a.out)

@@ -23,6 +23,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from minedit.utils import from_image
+
 # -----------------------------------------------------------------------------
 # the vocabulary of the world
 
@@ -191,8 +193,7 @@ def render(scene, res=32):
 
 def render_batch(scenes, res=32):
     """Render scenes to a float tensor (B, 3, res, res) in [-1, 1], the range models use."""
-    x = torch.from_numpy(np.stack([render(s, res) for s in scenes]))
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1
+    return from_image(np.stack([render(s, res) for s in scenes]))
 
 # -----------------------------------------------------------------------------
 # captions
@@ -433,7 +434,7 @@ class SceneDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         img = self.images[i] if self.images is not None else render(self.scene(i), self.res)
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1, self.caption(i)
+        return from_image(img), self.caption(i)
 
 
 class EditDataset(torch.utils.data.Dataset):
@@ -459,7 +460,7 @@ class EditDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         e = self.edit(i)
         pair = self.images[i] if self.images is not None else np.stack([render(e.source, self.res), render(e.target, self.res)])
-        x = torch.from_numpy(np.ascontiguousarray(pair)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = from_image(pair)
         return {"source": x[0], "target": x[1], "instruction": e.instruction, "kind": e.kind,
                 "source_caption": caption(e.source), "target_caption": caption(e.target)}
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip, normalize as clip_normalize
-from minedit.utils import file_hash, load_checkpoint
+from minedit.utils import file_hash, from_image, load_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -217,8 +217,7 @@ def clip_image_embeddings(clip_path, images, cache=None, batch_size=256):
     out = []
     for i in range(0, len(images), batch_size):
         if isinstance(images, np.ndarray):
-            x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            x = clip_normalize(x, model.config.image_resolution)
+            x = clip_normalize(from_image(images[i:i + batch_size]), model.config.image_resolution)
         else:
             x = torch.stack([preprocess(p) for p in images[i:i + batch_size]])
         out.append(torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1))

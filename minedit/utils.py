@@ -60,6 +60,12 @@ def load_checkpoint(path, kind=None):
     return ckpt
 
 
+def from_image(a):
+    """uint8 (H, W, 3) or (B, H, W, 3), numpy or tensor -> float tensor (3, H, W) or (B, 3, H, W) in [-1, 1]
+    (the inverse of to_image)."""
+    return torch.as_tensor(np.ascontiguousarray(a)).movedim(-1, -3).float() / 127.5 - 1
+
+
 def to_image(x):
     """(3, H, W) or (B, 3, H, W) tensor in [-1, 1] -> uint8 numpy (H, W, 3) or (B, H, W, 3)."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
