@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -238,9 +239,34 @@ def test_bad_vision_layers_and_edits_fail_cleanly(tmp_path):
 
 def test_text_lr_scale_zero_keeps_the_text_tower(tiny_clip, tmp_path):
     r = run([os.path.join(ROOT, "train_clip.py"), *TINY_CLIP, "--text-from", str(tiny_clip), "--text-lr-scale", "0",
-             "--edits", "reshape,move", "--out", str(tmp_path / "c.pt")], tmp_path)
+             "--edits", "reshape,move", "--pretrain-steps", "2", "--out", str(tmp_path / "c.pt")], tmp_path)
     assert r.returncode == 0, r.stderr
     old, new = (torch.load(p, weights_only=True)["model"] for p in (tiny_clip, tmp_path / "c.pt"))
     text = [k for k in old if not k.startswith("visual.") and k != "logit_scale"]
     assert all(torch.equal(old[k], new[k]) for k in text)  # lr 0 for the text tower: no update, no weight decay
     assert not torch.equal(old["visual.conv1.weight"], new["visual.conv1.weight"])
+
+
+def test_pretrain_teaches_the_image_tower_only(monkeypatch):
+    """The supervised warm-up (--pretrain-steps) trains the image tower and its heads, which then fit a
+    batch they are shown repeatedly; the text tower and the temperature stay bit-identical."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit.clip import CLIP, CLIPConfig, normalize
+    torch.manual_seed(0)
+    model = CLIP(CLIPConfig(vision_layers=1, vision_width=64, image_resolution=32, transformer_layers=1,
+                            transformer_width=64, transformer_heads=1, embed_dim=32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tc = train_clip.TrainConfig(pretrain_steps=60, batch_size=16, lr=3e-3, bf16=False)
+    x, shape, color = train_clip.pretrain_batch(0, tc)
+    assert len(x) == 16 and 0 <= shape.min() and shape.max() < 9 and 0 <= color.min() and color.max() < 8
+    assert len(set(shape.tolist())) > 3 and len(set(color.tolist())) > 3
+    monkeypatch.setattr(train_clip, "pretrain_batch", lambda step, tc: (x, shape, color))
+    heads = train_clip.pretrain(model, tc, "cpu")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("visual."))
+    assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+    with torch.no_grad():
+        z = model.encode_image(normalize(x, 32))
+        for head, y in zip(heads, (shape, color)):
+            assert (head(z).argmax(1) == y).float().mean() > 0.9  # chance: 1/9, 1/8
