@@ -153,8 +153,7 @@ def pretrain(model, tc, device):
     embedding classifies one-object scenes (cross-entropy), for tc.pretrain_steps steps. Contrastive
     training alone sits at a saddle where neither tower separates shapes (README, "CLIP"); an image tower
     that already does gives the text tower something to align with. Returns the heads (train_clip drops them)."""
-    heads = torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in (len(tw.ALL_SHAPES), len(tw.COLORS))])
-    heads.to(device)
+    heads = torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in (len(tw.ALL_SHAPES), len(tw.COLORS))]).to(device)
     params = list(model.visual.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     pbar = tqdm(range(tc.pretrain_steps), desc="clip pretrain (image tower)", mininterval=2)
@@ -162,7 +161,7 @@ def pretrain(model, tc, device):
         x, *labels = pretrain_batch(step, tc)
         x = normalize(x, model.config.image_resolution).to(device)
         for g in opt.param_groups:
-            g["lr"] = tc.lr * min(1.0, (step + 1) / 50)
+            g["lr"] = training.lr_at(step, tc.lr, 50, tc.pretrain_steps, floor=1.0)  # warmup, then constant
         with autocast(device, tc.bf16):
             z = model.encode_image(x).float()
             losses = [F.cross_entropy(head(z), y.to(device)) for head, y in zip(heads, labels)]
@@ -240,7 +239,7 @@ def main():
     t0 = time.time()
     if start == 0 and tc.pretrain_steps:
         pretrain(model, tc, device)
-    pbar = tqdm(range(start, tc.steps), desc="clip", mininterval=2)
+    t1, pbar = time.time(), tqdm(range(start, tc.steps), desc="clip", mininterval=2)
     for step in pbar:
         x, text, swap_texts, swaps = batch(step, tc, mc.context_length)
         x, text = normalize(x, mc.image_resolution).to(device), text.to(device)
@@ -260,7 +259,7 @@ def main():
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # temperature at most 100, as in CLIP
-        pbar.set_postfix(loss=f"{loss.item():.3f}")
+        pbar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(step + 1 - start) * tc.batch_size / (time.time() - t1):.0f}")
         if (step + 1) % tc.save_every == 0 and step + 1 < tc.steps:
             save(step + 1)
     if ckpt is None or start < tc.steps:

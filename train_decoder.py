@@ -217,11 +217,11 @@ def main():
                           tc.cfg_image, tc.cfg_text, path)
         diffusion.to(device)
 
+    meta = {"kind": task, "version": 1, "config": asdict(mc)}
     if task == "decoder":
-        meta = {"kind": task, "version": 1, "config": asdict(mc), "clip_sha256_16": clip_tag}
+        meta["clip_sha256_16"] = clip_tag
     else:  # the instruct model reads CLIP text only: it records the text tower it was trained with
-        meta = {"kind": task, "version": 1, "config": asdict(mc),
-                "clip_text_sha256_16": text_tower_hash(training._load_clip(args["clip"])[0])}
+        meta["clip_text_sha256_16"] = text_tower_hash(training._load_clip(args["clip"])[0])
     training.fit(unet, decoder_loss if task == "decoder" else instruct_loss, tc, device, rank, world, ckpt, out,
                  meta, task, samples)
     if world > 1:
