@@ -7,7 +7,8 @@ Train a UNet of minedit/unet.py, for one of two tasks:
     is concatenated to x_t (6 input channels), the instruction enters as its CLIP text embedding (in the
     decoder's embedding slot) and its token states (cross-attention), and text / image / both are dropped
     5% of the time each for two-condition guidance. By default it trains from scratch and diffuses the
-    change (target - source) / 2 rather than the target (measured better here, see the README);
+    change (target - source) / 2 rather than the target (measured better here, see the README; larger
+    --residual-scale values were measured too);
     --init checkpoints/decoder.pt --no-residual is the paper's recipe (new input channels zero-initialized).
 
 CLIP features come from a frozen CLIP and are computed once and cached (.cache/).
@@ -30,7 +31,7 @@ from minedit import training
 from minedit.clip import text_tower_hash
 from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
-from minedit.pipeline import instruct_result, instruct_variable, unet_config
+from minedit.pipeline import instruct_bound, instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
 from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_image_atomic, seed_everything, to_image
 
@@ -53,6 +54,7 @@ class TrainConfig:
     timesteps: int = 1000
     schedule: str = "cosine"
     prediction: str = "v"         # v = sqrt(abar) eps - sqrt(1 - abar) x0: usable x0 estimates at every t
+    snr_gamma: float = 0.0      # Min-SNR loss weighting (Hang et al. 2023), 0 = off
     bf16: bool = True
     sample_every: int = 400
     save_every: int = 400
@@ -83,7 +85,7 @@ def instruct_grid(unet, diffusion, pairs, text, s_image, s_text, path, seed=0):
     src = pairs[:, 0].permute(0, 3, 1, 2).float() / 127.5 - 1
     g = torch.Generator().manual_seed(seed)
     model = instruct_cfg(unet, s_image, s_text, src, text["emb"], text["states"].float(), text["mask"])
-    x = diffusion.ddim_sample(model, noise=torch.randn(src.shape, generator=g), steps=25)
+    x = diffusion.ddim_sample(model, noise=torch.randn(src.shape, generator=g), steps=25, clip_denoised=instruct_bound(unet))
     x = instruct_result(unet, src, x)
     rows = torch.cat([pairs[:, 0], pairs[:, 1], torch.from_numpy(to_image(x))])
     save_image_atomic(image_grid(rows.numpy(), len(src)), path)
@@ -122,7 +124,7 @@ def main():
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-residual", action="store_true",
-                   help="instruct: diffuse the target image itself, as InstructPix2Pix, not the change (target - source) / 2")
+                   help="instruct: diffuse the target image itself, as InstructPix2Pix, not the change (target - source) * --residual-scale")
     args = vars(p.parse_args())
     task = args["task"] or "decoder"
     if task not in ("decoder", "instruct"):
@@ -192,7 +194,7 @@ def main():
         x0 = (x_all[idx].float() / 127.5 - 1).to(device)
         drop = (torch.rand(tc.batch_size, generator=g) < tc.p_uncond).to(device)
         return diffusion.training_losses(model, x0, model_kwargs={"emb": emb[idx].to(device), "drop_emb": drop},
-                                         generator=g).mean()
+                                         generator=g, snr_gamma=tc.snr_gamma).mean()
 
     def instruct_loss(model, step, g):
         idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g)
@@ -201,7 +203,7 @@ def main():
         kw = instruct_kwargs(x[:, 0], text["emb"][idx].to(device), text["states"][idx].float().to(device),
                              text["mask"][idx].to(device), m["drop_image"], m["drop_text"])
         x0 = instruct_variable(unet, x[:, 0], x[:, 1])
-        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g).mean()
+        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma).mean()
 
     def samples(step, ema):
         if not tc.sample_every or (step + 1) % tc.sample_every:

@@ -39,6 +39,7 @@ p.add_argument("--cfg-text", type=float, default=2.0)
 p.add_argument("--grid-image", type=float, nargs="+", default=[1.0, 1.5])
 p.add_argument("--grid-text", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
 p.add_argument("--strength", type=float, default=0.6)
+p.add_argument("--prior-guidance", type=float, default=None, help="sdedit: the prior's CFG scale (default: the pipeline's)")
 p.add_argument("--theta", type=float, default=0.5)
 p.add_argument("--batch", type=int, default=100)
 p.add_argument("--out", default=None, help="also write the JSON here")
@@ -92,7 +93,8 @@ def run(method, idx, **kw):
         if method == "instruct":
             y = pipeline.edit_instruct(models, x, [edits[i].instruction for i in ib], kw["s_image"], kw["s_text"], a.steps, g)
         elif method == "sdedit":
-            y = pipeline.edit_sdedit(models, x, [tgt_cap[i] for i in ib], a.strength, 3.0, a.steps, g)
+            pg = {} if a.prior_guidance is None else {"prior_guidance": a.prior_guidance}
+            y = pipeline.edit_sdedit(models, x, [tgt_cap[i] for i in ib], a.strength, 3.0, a.steps, g, **pg)
         elif method == "textdiff":
             d = F.normalize(t_tgt[ib] - t_src[ib], dim=-1)
             y = pipeline.edit_direction(models, x, d, a.theta, 1.0, a.steps)

@@ -29,6 +29,12 @@ def beta_schedule(name, timesteps):
     raise ValueError(f"unknown beta schedule {name!r}")
 
 
+def _clip(x0, bound):
+    """Clip x0 estimates to [-1, 1] (bound True) or to [-bound, bound] (a number)."""
+    b = 1.0 if bound is True else float(bound)
+    return x0.clamp(-b, b)
+
+
 def _extract_into_tensor(a, t, x):
     """a[t] for a batch of timesteps t (B,), shaped (B, 1, ..., 1) to broadcast against x."""
     return a.to(x.device)[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
@@ -100,7 +106,7 @@ class GaussianDiffusion(nn.Module):
         """The model's p(x_{t-1} | x_t): dict(mean, variance, log_variance, pred_x0, eps). Fixed small variance."""
         x0, eps = self.split_prediction(model(xt, t, **(model_kwargs or {})), xt, t)
         if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+            x0 = _clip(x0, clip_denoised)
         mean, var, logvar = self.q_posterior(x0, xt, t)
         return {"mean": mean, "variance": var, "log_variance": logvar, "pred_x0": x0, "eps": eps}
 
@@ -139,7 +145,7 @@ class GaussianDiffusion(nn.Module):
         """x_t -> x_{t_prev} (t_prev < t; t_prev = -1 means the clean image). Returns (x_prev, pred_x0)."""
         x0, eps = self.split_prediction(model(xt, t, **(model_kwargs or {})), xt, t)
         if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+            x0 = _clip(x0, clip_denoised)
             eps = self._predict_eps_from_x0(xt, t, x0)
         a, a_prev = self._alpha(t, xt), self._alpha(t_prev, xt)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
@@ -184,10 +190,19 @@ class GaussianDiffusion(nn.Module):
 
     # --- training ---
 
-    def training_losses(self, model, x0, t=None, noise=None, model_kwargs=None, generator=None):
-        """Per-sample MSE between the model's output and its target (eps, x0 or v) at random or given t."""
+    def training_losses(self, model, x0, t=None, noise=None, model_kwargs=None, generator=None, snr_gamma=None):
+        """Per-sample MSE between the model's output and its target (eps, x0 or v) at random or given t.
+        snr_gamma: Min-SNR weighting (Hang et al. 2023): each timestep's loss, seen as an x0 loss, is
+        weighted by min(SNR, gamma), so the nearly clean timesteps stop dominating training."""
         if t is None:
             t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None else noise
         out = model(self.q_sample(x0, t, noise), t, **(model_kwargs or {}))
-        return (out.float() - self.target(x0, noise, t).float()).pow(2).flatten(1).mean(1)
+        loss = (out.float() - self.target(x0, noise, t).float()).pow(2).flatten(1).mean(1)
+        if snr_gamma:
+            a = self.alphas_cumprod.to(x0.device)[t]
+            snr = a / (1 - a)
+            # an eps / x0 / v loss equals the x0 loss times SNR / 1 / (SNR + 1)
+            per_x0 = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
+            loss = loss * (snr.clamp(max=snr_gamma) / per_x0).float()
+        return loss

@@ -227,15 +227,22 @@ def edit_instruct(models, x, text, s_image=1.0, s_text=2.0, steps=50, generator=
     if noise is None:
         noise = _noise(x.shape, generator, x.device)
     model = instruct_cfg(unet, s_image, s_text, x, t["emb"], t["states"], t["mask"])
-    return instruct_result(unet, x, diffusion.ddim_sample(model, noise=noise, steps=steps))
+    x0 = diffusion.ddim_sample(model, noise=noise, steps=steps, clip_denoised=instruct_bound(unet))
+    return instruct_result(unet, x, x0)
 
 
 def instruct_variable(unet, source, target):
     """What the instruction-editing UNet diffuses: the target image, or for a residual model the change
-    (target - source) / 2, which is zero wherever the edit leaves the image alone."""
-    return (target - source) / 2 if unet.config.residual else target
+    (target - source) * residual_scale, which is zero wherever the edit leaves the image alone."""
+    return (target - source) * unet.config.residual_scale if unet.config.residual else target
 
 
 def instruct_result(unet, source, x):
     """The inverse of instruct_variable: a sample of the diffused variable -> the edited image."""
-    return (source + 2 * x).clamp(-1, 1) if unet.config.residual else x
+    return (source + x / unet.config.residual_scale).clamp(-1, 1) if unet.config.residual else x
+
+
+def instruct_bound(unet):
+    """The range of the diffused variable, to clip x0 estimates to while sampling: images lie in [-1, 1],
+    changes in [-2, 2] * residual_scale."""
+    return 2 * unet.config.residual_scale if unet.config.residual else 1.0

@@ -120,6 +120,37 @@ def test_training_losses_are_zero_for_the_exact_target():
     assert torch.allclose(x0_hat, x0, atol=1e-5) and torch.allclose(eps_hat, noise, atol=1e-5)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction):
+    """Whatever the model predicts, the Min-SNR-weighted loss is min(SNR, gamma) * |x0_hat - x0|^2, with
+    x0_hat the model output turned into an x0 estimate; without gamma it is the plain MSE."""
+    d = GaussianDiffusion(100, "cosine", prediction)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 5, 20, 50, 80, 99])
+    model = lambda xt, tt: torch.sin(3 * xt) + tt.view(-1, 1) / 100  # a wrong model: nonzero errors everywhere
+    xt = d.q_sample(x0, t, noise)
+    x0_hat, _ = d.split_prediction(model(xt, t), xt, t)
+    abar = d.alphas_cumprod[t]
+    want = (abar / (1 - abar)).clamp(max=5.0) * (x0_hat - x0).pow(2).mean(1)
+    got = d.training_losses(model, x0, t, noise, snr_gamma=5.0)
+    assert torch.allclose(got, want.float(), rtol=1e-5, atol=1e-8)
+    plain = (model(xt, t) - d.target(x0, noise, t)).pow(2).mean(1)
+    assert torch.allclose(d.training_losses(model, x0, t, noise), plain.float(), rtol=1e-6)
+    assert not torch.allclose(got, plain.float(), rtol=1e-2)
+
+
+def test_clip_denoised_takes_a_bound():
+    """clip_denoised=True clips x0 estimates to [-1, 1]; a number b clips them to [-b, b] (residual edits)."""
+    d = GaussianDiffusion(100, "cosine", "x0")
+    big = lambda xt, tt: torch.full_like(xt, 3.0)
+    xt, t = torch.zeros(2, 4), torch.tensor([50, 50])
+    for bound, want in ((True, 1.0), (2.0, 2.0), (False, 3.0)):
+        assert torch.allclose(d.p_mean_variance(big, xt, t, clip_denoised=bound)["pred_x0"], torch.full_like(xt, want))
+        _, x0 = d.ddim_step(big, xt, t, t - 10, clip_denoised=bound)
+        assert torch.allclose(x0, torch.full_like(xt, want))
+
+
 def test_ddpm_sampling_of_a_gaussian_gets_its_moments():
     d = GaussianDiffusion(200, "linear")
     mu, s = torch.tensor([0.5, -0.3]), 0.2

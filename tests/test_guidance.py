@@ -82,7 +82,7 @@ def test_instruct_kwargs_apply_the_nulls():
 
 
 def test_residual_instruct_variable_round_trips_and_is_zero_where_nothing_changes():
-    from minedit.pipeline import instruct_result, instruct_variable
+    from minedit.pipeline import instruct_bound, instruct_result, instruct_variable
     from minedit.unet import UNet, UNetConfig
     g = torch.Generator().manual_seed(0)
     src = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
@@ -94,3 +94,8 @@ def test_residual_instruct_variable_round_trips_and_is_zero_where_nothing_change
     d = instruct_variable(residual, src, tgt)
     assert d.abs().max() <= 1 and (d[:, :, :2] == 0).all() and (d[:, :, 2:5, 2:5] != 0).any()
     assert torch.allclose(instruct_result(residual, src, d), tgt, atol=1e-6)
+    scaled = UNet(UNetConfig(**small, residual=True, residual_scale=2.0))  # the change, 4x larger
+    d4 = instruct_variable(scaled, src, tgt)
+    assert torch.allclose(d4, 4 * d) and d4.abs().max() <= instruct_bound(scaled) == 4.0
+    assert torch.allclose(instruct_result(scaled, src, d4), tgt, atol=1e-6)
+    assert instruct_bound(residual) == instruct_bound(plain) == 1.0
