@@ -58,6 +58,7 @@ t_plain = encode_texts(models.clip, [q.replace("<s*>", tw.CONCEPT_WORD) for q in
 
 def evaluate(concepts, word):
     g = torch.Generator().manual_seed(0)
+    # prior guidance 2, not the pipeline's 1: a learned word needs the push (README, Textual inversion)
     gen = lambda texts: decode(models, text_to_embedding(models, texts, 2.0, a.sample_steps, generator=g, concepts=concepts),
                                3.0, a.sample_steps, generator=g)
     xr = gen([f"a picture of {word}"] * a.n)

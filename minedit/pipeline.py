@@ -139,8 +139,9 @@ def _noise(shape, generator, device):
 
 
 @torch.no_grad()
-def text_to_embedding(models, texts, guidance=2.0, steps=50, n_best=2, generator=None, concepts=None):
-    """The prior's CLIP image embeddings (B, E) for texts; best of n_best by CLIP similarity to the text."""
+def text_to_embedding(models, texts, guidance=1.0, steps=50, n_best=2, generator=None, concepts=None):
+    """The prior's CLIP image embeddings (B, E) for texts; best of n_best by CLIP similarity to the text.
+    guidance 1 (none) is measured best with the shipped prior (bench/prior.py, README)."""
     prior, diffusion = models.prior
     t = encode_texts(models.clip, texts, concepts)
     cands = torch.stack([prior.sample(diffusion, t["emb"], t["states"], t["mask"], guidance, steps, generator)
@@ -207,7 +208,7 @@ def edit_ref(models, x, before, after, theta=0.5, guidance=1.0, steps=50):
 
 
 @torch.no_grad()
-def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator=None, prior_guidance=2.0, concepts=None):
+def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator=None, prior_guidance=1.0, concepts=None):
     """SDEdit: noise x to `strength` of the way (0 = x, 1 = pure noise) and denoise with the decoder
     conditioned on prior(text); text is one caption or one per image."""
     unet, diffusion = models.decoder
