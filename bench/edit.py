@@ -39,7 +39,7 @@ p.add_argument("--cfg-text", type=float, default=2.0)
 p.add_argument("--grid-image", type=float, nargs="+", default=[1.0, 1.5])
 p.add_argument("--grid-text", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
 p.add_argument("--strength", type=float, default=0.6)
-p.add_argument("--prior-guidance", type=float, default=None, help="sdedit: the prior's CFG scale (default: the pipeline's)")
+p.add_argument("--prior-guidance", type=float, default=1.0, help="sdedit: the prior's CFG scale (default: %(default)s, as the pipeline)")
 p.add_argument("--theta", type=float, default=0.5)
 p.add_argument("--batch", type=int, default=100)
 p.add_argument("--out", default=None, help="also write the JSON here")
@@ -84,6 +84,11 @@ def summary(rows):
     return {"n": len(rows), **{k: round(sum(r[k] for r in rows) / len(rows), 4) for k in keys}}
 
 
+def per_kind(rows):
+    """summary() per edit type, for the types present (a small --n may miss some)."""
+    return {k: summary(r) for k in tw.EDIT_KINDS if (r := [x for x in rows if x["kind"] == k])}
+
+
 def run(method, idx, **kw):
     outs = []
     for b in range(0, len(idx), a.batch):
@@ -93,8 +98,7 @@ def run(method, idx, **kw):
         if method == "instruct":
             y = pipeline.edit_instruct(models, x, [edits[i].instruction for i in ib], kw["s_image"], kw["s_text"], a.steps, g)
         elif method == "sdedit":
-            pg = {} if a.prior_guidance is None else {"prior_guidance": a.prior_guidance}
-            y = pipeline.edit_sdedit(models, x, [tgt_cap[i] for i in ib], a.strength, 3.0, a.steps, g, **pg)
+            y = pipeline.edit_sdedit(models, x, [tgt_cap[i] for i in ib], a.strength, 3.0, a.steps, g, a.prior_guidance)
         elif method == "textdiff":
             d = F.normalize(t_tgt[ib] - t_src[ib], dim=-1)
             y = pipeline.edit_direction(models, x, d, a.theta, 1.0, a.steps)
@@ -134,7 +138,7 @@ if "instruct" in a.methods:
     rows = metrics(run("instruct", all_idx, s_image=a.cfg_image, s_text=a.cfg_text), all_idx)
     result["methods"]["instruct"] = summary(rows)
     print("instruct", json.dumps(result["methods"]["instruct"]), flush=True)
-    result["instruct_per_kind"] = {k: summary([r for r in rows if r["kind"] == k]) for k in tw.EDIT_KINDS}
+    result["instruct_per_kind"] = per_kind(rows)
     result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text}
 for m in ("sdedit", "textdiff", "ref"):
     if m in a.methods:
@@ -142,7 +146,9 @@ for m in ("sdedit", "textdiff", "ref"):
         rows = metrics(run(m, idx), idx)
         result["methods"][m] = summary(rows)
         print(m, json.dumps(result["methods"][m]), flush=True)
-        result[f"{m}_per_kind"] = {k: summary([r for r in rows if r["kind"] == k]) for k in tw.EDIT_KINDS}
+        result[f"{m}_per_kind"] = per_kind(rows)
+        if m == "sdedit":
+            result["sdedit_settings"] = {"strength": a.strength, "prior_guidance": a.prior_guidance}
 if "ref" in a.methods:
     result["ref_pairs_not_found_used_text_direction"] = len(ref_fallbacks)
 result["seconds"] = round(time.time() - t0)
