@@ -54,7 +54,8 @@ class TrainConfig:
     timesteps: int = 1000
     schedule: str = "cosine"
     prediction: str = "v"         # v = sqrt(abar) eps - sqrt(1 - abar) x0: usable x0 estimates at every t
-    snr_gamma: float = 0.0      # Min-SNR loss weighting (Hang et al. 2023), 0 = off
+    snr_gamma: float = 5.0      # Min-SNR loss weighting (Hang et al. 2023), 0 = off; the decoder's half-length
+                                # run matched the unweighted full-length one (README)
     bf16: bool = True
     sample_every: int = 400
     save_every: int = 400
@@ -65,7 +66,7 @@ class TrainConfig:
 
 
 # --task instruct starts from these instead (the shipped checkpoints/instruct.pt): more, smaller steps
-INSTRUCT = {"steps": 3200, "batch_size": 32, "warmup": 100, "sample_every": 800, "save_every": 800}
+INSTRUCT = {"steps": 3200, "batch_size": 32, "warmup": 100, "sample_every": 800, "save_every": 800, "snr_gamma": 0.0}
 
 
 @torch.no_grad()
@@ -140,7 +141,8 @@ def main():
 
     rank, world, device = training.setup_distributed(args["device"])
     fresh = replace(TrainConfig(), task="instruct", **INSTRUCT) if task == "instruct" else TrainConfig()
-    tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else fresh, args)
+    # checkpoints from before Min-SNR weighting trained without it
+    tc = training.override(TrainConfig(**{"snr_gamma": 0.0, **ckpt["train_config"]}) if ckpt else fresh, args)
     tc.task = task
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     seed_everything(tc.seed + rank)
