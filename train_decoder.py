@@ -10,6 +10,7 @@ Train a UNet of minedit/unet.py, for one of two tasks:
     change (target - source) / 2 rather than the target (measured better here, see the README; larger
     --residual-scale values were measured too);
     --init checkpoints/decoder.pt --no-residual is the paper's recipe (new input channels zero-initialized).
+    Its own defaults replace the decoder's: steps 3200, batch size 32, warmup 100, no Min-SNR weighting.
 
 CLIP features come from a frozen CLIP and are computed once and cached (.cache/).
 

@@ -68,8 +68,7 @@ def main():
         text = training.clip_text_features(args["clip"], texts)
     else:
         _, data, image_emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, 32)
-        tag = f"{file_hash(args['clip'])}-train-n{tc.n_images}-seed{tc.seed}"
-        text = training.clip_text_features(args["clip"], training.toy_captions(data), f".cache/clip-text-{tag}.pt")
+        text = training.toy_caption_features(args["clip"], data, tc.seed)
     base = PriorConfig(**ckpt["config"]) if ckpt else PriorConfig()
     mc = training.override(base, args)
     mc.embed_dim, mc.text_width = image_emb.shape[1], text["states"].shape[2]

@@ -1,8 +1,9 @@
 """Diffusion prior quality on held-out test captions (unseen shape-colour combinations).
 
 1. Cosine similarity between an embedding and the true CLIP image embedding of the scene the caption
-   describes, for: the prior's sample (best of 2), the caption's text embedding used directly, and the
-   nearest training image embedding to the text embedding (retrieval).
+   describes, for: the prior's sample (best of 2), the caption's text embedding used directly, the
+   nearest training image embedding to the text embedding (retrieval), and a linear least-squares map
+   from text to image embedding fitted on the prior's training pairs.
    Paired per caption: the best prior's gain over each baseline (mean, bootstrap 95% interval, win rate).
 2. text -> prior -> decoder -> image, read by the attribute reader: the fraction of images whose
    colours, shapes (as multisets) and style are those the caption names. Scenes with the unnamed
@@ -15,6 +16,7 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
 
 from minedit import toyworld as tw
 from minedit import training
@@ -43,10 +45,16 @@ while len(scenes) < a.n:
 captions = [tw.caption(s) for s in scenes]
 true = encode_images(models.clip, tw.render_batch(scenes, 32))
 text = encode_texts(models.clip, captions)["emb"]
-train_emb = training.toy_training_set(models.path("clip"), 20000, 0, 32)[2]
+_, data, train_emb = training.toy_training_set(models.path("clip"), 20000, 0, 32)
 nearest = train_emb[(text @ train_emb.T).argmax(1)]
+# a third baseline: the least-squares linear map text -> image embedding on the prior's training pairs
+train_text = training.toy_caption_features(models.path("clip"), data, 0)["emb"]
+X = torch.cat([train_text, torch.ones(len(train_text), 1)], 1)
+W = torch.linalg.solve(X.T @ X + 1e-2 * torch.eye(X.shape[1]), X.T @ train_emb)
+linear = F.normalize(torch.cat([text, torch.ones(len(text), 1)], 1) @ W, dim=-1)
 cos = lambda z: round((z * true).sum(-1).mean().item(), 4)
-result = {"n": a.n, "cosine_to_true_image_embedding": {"text_embedding": cos(text), "nearest_train_image": cos(nearest)}}
+result = {"n": a.n, "cosine_to_true_image_embedding": {"text_embedding": cos(text), "nearest_train_image": cos(nearest),
+                                                       "linear_map_of_text": cos(linear)}}
 best, best_g = None, None
 for g in a.guidance:
     z = text_to_embedding(models, captions, guidance=g, steps=a.steps, generator=torch.Generator().manual_seed(0))
@@ -66,7 +74,8 @@ def paired(z, base, reps=2000):
 
 # the scale of these cosines: a caption's true image against other scenes' images (same split)
 result["cosine_to_true_image_embedding"]["another_scene_image"] = cos(true.roll(1, 0))
-result["paired_best_prior_minus"] = {"text_embedding": paired(best, text), "nearest_train_image": paired(best, nearest)}
+result["paired_best_prior_minus"] = {"text_embedding": paired(best, text), "nearest_train_image": paired(best, nearest),
+                                    "linear_map_of_text": paired(best, linear)}
 
 if not a.no_decoder:
     x = torch.cat([decode(models, best[j:j + 100], a.decoder_guidance, a.decoder_steps, generator=torch.Generator().manual_seed(j))

@@ -266,6 +266,12 @@ def toy_captions(data):
     return [data.caption(i) for i in range(len(data))]
 
 
+def toy_caption_features(clip_path, data, seed, cache_dir=".cache"):
+    """clip_text_features of the captions of toy_training_set's scenes, cached (train_prior.py's data)."""
+    tag = f"{file_hash(clip_path)}-train-n{len(data)}-seed{seed}"
+    return clip_text_features(clip_path, toy_captions(data), os.path.join(cache_dir, f"clip-text-{tag}.pt"))
+
+
 def folder_captions(paths):
     """The caption of each image: the text of the same-name .txt file next to it."""
     missing = [p for p in paths if not p.with_suffix(".txt").exists()]
