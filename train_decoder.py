@@ -55,8 +55,8 @@ class TrainConfig:
     timesteps: int = 1000
     schedule: str = "cosine"
     prediction: str = "v"         # v = sqrt(abar) eps - sqrt(1 - abar) x0: usable x0 estimates at every t
-    snr_gamma: float = 5.0      # Min-SNR loss weighting (Hang et al. 2023), 0 = off; the decoder's half-length
-                                # run matched the unweighted full-length one (README)
+    snr_gamma: float = 5.0      # Min-SNR loss weighting (Hang et al. 2023), 0 = off; at half length the decoder
+                                # nearly matched its unweighted full-length run (README)
     bf16: bool = True
     sample_every: int = 400
     save_every: int = 400
