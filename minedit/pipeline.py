@@ -208,12 +208,14 @@ def edit_ref(models, x, before, after, theta=0.5, guidance=1.0, steps=50):
 
 
 @torch.no_grad()
-def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator=None, prior_guidance=1.0, concepts=None):
+def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator=None, prior_guidance=1.0, concepts=None,
+                prior_steps=None):
     """SDEdit: noise x to `strength` of the way (0 = x, 1 = pure noise) and denoise with the decoder
-    conditioned on prior(text); text is one caption or one per image."""
+    conditioned on prior(text); text is one caption or one per image. The prior samples with
+    `prior_steps` DDIM steps (default: `steps`)."""
     unet, diffusion = models.decoder
     texts = [text] * x.shape[0] if isinstance(text, str) else list(text)
-    emb = text_to_embedding(models, texts, prior_guidance, steps, generator=generator, concepts=concepts)
+    emb = text_to_embedding(models, texts, prior_guidance, prior_steps or steps, generator=generator, concepts=concepts)
     start = min(steps - 1, max(0, round((1 - strength) * steps)))
     t = torch.full((x.shape[0],), diffusion.ddim_timesteps(steps)[start], dtype=torch.long, device=x.device)
     xt = diffusion.q_sample(x, t, _noise(x.shape, generator, x.device))

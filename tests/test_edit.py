@@ -215,6 +215,20 @@ def test_textdiff_at_theta_zero_gives_the_input_back():
     assert psnr.min() > 30, psnr
 
 
+def test_sdedit_samples_the_prior_with_its_own_step_count(monkeypatch):
+    from minedit import pipeline
+    from minedit import toyworld as tw
+    torch.set_num_threads(2)
+    models = pipeline.Models(os.path.join(ROOT, "checkpoints"))
+    x = tw.render_batch([tw.sample_scene(0, "test", 0)], 32)
+    seen = []
+    real = pipeline.text_to_embedding
+    monkeypatch.setattr(pipeline, "text_to_embedding", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    pipeline.edit_sdedit(models, x, "a blue star", steps=4, prior_steps=2)
+    pipeline.edit_sdedit(models, x, "a blue star", steps=4)
+    assert seen == [2, 4]
+
+
 def test_models_warn_when_clip_is_not_the_one_they_were_trained_with(tmp_path):
     import warnings
     from minedit.pipeline import Models
