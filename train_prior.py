@@ -68,7 +68,7 @@ def main():
         text = training.clip_text_features(args["clip"], texts)
     else:
         _, data, image_emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, 32)
-        text = training.toy_caption_features(args["clip"], data, tc.seed)
+        text = training.toy_caption_features(args["clip"], data)
     base = PriorConfig(**ckpt["config"]) if ckpt else PriorConfig()
     mc = training.override(base, args)
     mc.embed_dim, mc.text_width = image_emb.shape[1], text["states"].shape[2]

@@ -48,7 +48,7 @@ text = encode_texts(models.clip, captions)["emb"]
 _, data, train_emb = training.toy_training_set(models.path("clip"), 20000, 0, 32)
 nearest = train_emb[(text @ train_emb.T).argmax(1)]
 # a third baseline: the least-squares linear map text -> image embedding on the prior's training pairs
-train_text = training.toy_caption_features(models.path("clip"), data, 0)["emb"]
+train_text = training.toy_caption_features(models.path("clip"), data)["emb"]
 X = torch.cat([train_text, torch.ones(len(train_text), 1)], 1)
 W = torch.linalg.solve(X.T @ X + 1e-2 * torch.eye(X.shape[1]), X.T @ train_emb)
 linear = F.normalize(torch.cat([text, torch.ones(len(text), 1)], 1) @ W, dim=-1)

@@ -266,9 +266,9 @@ def toy_captions(data):
     return [data.caption(i) for i in range(len(data))]
 
 
-def toy_caption_features(clip_path, data, seed, cache_dir=".cache"):
+def toy_caption_features(clip_path, data, cache_dir=".cache"):
     """clip_text_features of the captions of toy_training_set's scenes, cached (train_prior.py's data)."""
-    tag = f"{file_hash(clip_path)}-train-n{len(data)}-seed{seed}"
+    tag = f"{file_hash(clip_path)}-{data.split}-n{len(data)}-seed{data.seed}"
     return clip_text_features(clip_path, toy_captions(data), os.path.join(cache_dir, f"clip-text-{tag}.pt"))
 
 
