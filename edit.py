@@ -120,7 +120,7 @@ def parse(argv):
     p.add_argument("--force", action="store_true", help="allow the output to overwrite the input")
     p.add_argument("--method", default="instruct", help=f"one of {', '.join(METHODS)} (default: instruct)")
     p.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed and recorded)")
-    p.add_argument("--steps", type=int, help="DDIM steps (default: 50)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: 50; sdedit's prior samples with 2, see the README)")
     p.add_argument("--cfg-text", type=float, help="instruct: s_T (default 2); textdiff/ref: decoder guidance (1); sdedit: decoder guidance (3)")
     p.add_argument("--cfg-image", type=float, help="instruct: s_I (default 1)")
     p.add_argument("--theta", type=float, default=0.5, help="textdiff/ref: how far to turn, 0..1 (default: %(default)s)")

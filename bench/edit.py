@@ -40,7 +40,7 @@ p.add_argument("--grid-image", type=float, nargs="+", default=[1.0, 1.5])
 p.add_argument("--grid-text", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
 p.add_argument("--strength", type=float, default=0.6)
 p.add_argument("--prior-guidance", type=float, default=1.0, help="sdedit: the prior's CFG scale (default: %(default)s, as the pipeline)")
-p.add_argument("--prior-steps", type=int, default=None, help="sdedit: the prior's DDIM steps (default: --steps)")
+p.add_argument("--prior-steps", type=int, default=pipeline.PRIOR_STEPS, help="sdedit: the prior's DDIM steps (default: %(default)s, as the pipeline)")
 p.add_argument("--theta", type=float, default=0.5)
 p.add_argument("--batch", type=int, default=100)
 p.add_argument("--out", default=None, help="also write the JSON here")
@@ -151,7 +151,7 @@ for m in ("sdedit", "textdiff", "ref"):
         result[f"{m}_per_kind"] = per_kind(rows)
         if m == "sdedit":
             result["sdedit_settings"] = {"strength": a.strength, "prior_guidance": a.prior_guidance,
-                                         "prior_steps": a.prior_steps or a.steps}
+                                         "prior_steps": a.prior_steps}
 if "ref" in a.methods:
     result["ref_pairs_not_found_used_text_direction"] = len(ref_fallbacks)
 result["seconds"] = round(time.time() - t0)

@@ -21,7 +21,7 @@ import torch
 
 from minedit import toyworld as tw
 from minedit.inversion import Concepts, learn, save_embeddings
-from minedit.pipeline import Models, decode, encode_images, encode_texts, text_to_embedding
+from minedit.pipeline import PRIOR_STEPS, Models, decode, encode_images, encode_texts, text_to_embedding
 from minedit.reader import load_reader, read
 from minedit.utils import CHECKPOINTS
 
@@ -31,7 +31,9 @@ p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 2e-2])
 p.add_argument("--regs", type=float, nargs="+", default=[0.0, 0.1])
 p.add_argument("--steps", type=int, default=200)
 p.add_argument("--n", type=int, default=64)
-p.add_argument("--sample-steps", type=int, default=25)
+p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the decoder")
+p.add_argument("--prior-steps", type=int, default=PRIOR_STEPS, help="DDIM steps of the prior (default: %(default)s, as the pipeline)")
+p.add_argument("--prior-guidance", type=float, default=2.0, help="the prior's guidance scale (default: %(default)s)")
 p.add_argument("--plot", default=None, help="write the trade-off plot here (needs matplotlib)")
 p.add_argument("--save-best", default=None, help="write the embedding of the best setting here")
 a = p.parse_args()
@@ -58,8 +60,9 @@ t_plain = encode_texts(models.clip, [q.replace("<s*>", tw.CONCEPT_WORD) for q in
 
 def evaluate(concepts, word):
     g = torch.Generator().manual_seed(0)
-    # prior guidance 2, not the pipeline's 1: a learned word needs the push (README, Textual inversion)
-    gen = lambda texts: decode(models, text_to_embedding(models, texts, 2.0, a.sample_steps, generator=g, concepts=concepts),
+    # prior guidance 2 by default, not the pipeline's 1: a learned word needs the push (README, Textual inversion)
+    gen = lambda texts: decode(models, text_to_embedding(models, texts, a.prior_guidance, a.prior_steps,
+                                                         generator=g, concepts=concepts),
                                3.0, a.sample_steps, generator=g)
     xr = gen([f"a picture of {word}"] * a.n)
     rec_clip = (encode_images(models.clip, xr) @ z_concept.T).mean().item()
@@ -94,7 +97,8 @@ for reg in a.regs:
         if best is None or score > best[0]:
             best = (score, r["setting"], emb)
         print(json.dumps(r), flush=True)
-result = {"n": a.n, "steps": a.steps, "rows": rows, "best": best[1], "seconds": round(time.time() - t0)}
+result = {"n": a.n, "steps": a.steps, "sample_steps": a.sample_steps, "prior_steps": a.prior_steps,
+          "prior_guidance": a.prior_guidance, "rows": rows, "best": best[1], "seconds": round(time.time() - t0)}
 print(json.dumps(result, indent=1))
 if a.save_best:
     save_embeddings(best[2], a.save_best)

@@ -9,7 +9,7 @@
    colours, shapes (as multisets) and style are those the caption names. Scenes with the unnamed
    concept shape are left out (their captions call it "object").
 
-    python bench/prior.py [--n 500] [--guidance 2] [--decoder-guidance 3] [--steps 50]   # prints JSON
+    python bench/prior.py [--n 500] [--guidance 2] [--decoder-guidance 3] [--steps 2]   # prints JSON
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from minedit import toyworld as tw
 from minedit import training
-from minedit.pipeline import Models, decode, encode_images, encode_texts, text_to_embedding
+from minedit.pipeline import PRIOR_STEPS, Models, decode, encode_images, encode_texts, text_to_embedding
 from minedit.reader import load_reader, read
 from minedit.utils import CHECKPOINTS
 
@@ -29,7 +29,7 @@ p.add_argument("--weights", default=str(CHECKPOINTS))
 p.add_argument("--n", type=int, default=500)
 p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="prior CFG scales to compare")
 p.add_argument("--decoder-guidance", type=float, default=3.0)
-p.add_argument("--steps", type=int, default=50)
+p.add_argument("--steps", type=int, default=PRIOR_STEPS, help="the prior's DDIM steps (default: %(default)s, as the pipeline)")
 p.add_argument("--decoder-steps", type=int, default=25)
 p.add_argument("--no-decoder", action="store_true", help="skip part 2")
 a = p.parse_args()

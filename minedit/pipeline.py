@@ -30,6 +30,10 @@ from minedit.tokenizer import tokenize
 from minedit.unet import UNet, UNetConfig
 from minedit.utils import file_hash, load_checkpoint
 
+# The prior's DDIM steps. A toy caption names every attribute, so the best guess of its image embedding is
+# the conditional mean; every further step adds spread: 2 steps are measured closest (README, "The prior").
+PRIOR_STEPS = 2
+
 CHECKPOINT_FILES = {"clip": "clip.pt", "decoder": "decoder.pt", "prior": "prior.pt", "instruct": "instruct.pt"}
 
 
@@ -139,7 +143,7 @@ def _noise(shape, generator, device):
 
 
 @torch.no_grad()
-def text_to_embedding(models, texts, guidance=1.0, steps=50, n_best=2, generator=None, concepts=None):
+def text_to_embedding(models, texts, guidance=1.0, steps=PRIOR_STEPS, n_best=2, generator=None, concepts=None):
     """The prior's CLIP image embeddings (B, E) for texts; best of n_best by CLIP similarity to the text.
     guidance 1 (none) is measured best with the shipped prior (bench/prior.py, README)."""
     prior, diffusion = models.prior
@@ -209,13 +213,13 @@ def edit_ref(models, x, before, after, theta=0.5, guidance=1.0, steps=50):
 
 @torch.no_grad()
 def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator=None, prior_guidance=1.0, concepts=None,
-                prior_steps=None):
+                prior_steps=PRIOR_STEPS):
     """SDEdit: noise x to `strength` of the way (0 = x, 1 = pure noise) and denoise with the decoder
     conditioned on prior(text); text is one caption or one per image. The prior samples with
-    `prior_steps` DDIM steps (default: `steps`)."""
+    `prior_steps` DDIM steps, the decoder with `steps`."""
     unet, diffusion = models.decoder
     texts = [text] * x.shape[0] if isinstance(text, str) else list(text)
-    emb = text_to_embedding(models, texts, prior_guidance, prior_steps or steps, generator=generator, concepts=concepts)
+    emb = text_to_embedding(models, texts, prior_guidance, prior_steps, generator=generator, concepts=concepts)
     start = min(steps - 1, max(0, round((1 - strength) * steps)))
     t = torch.full((x.shape[0],), diffusion.ddim_timesteps(steps)[start], dtype=torch.long, device=x.device)
     xt = diffusion.q_sample(x, t, _noise(x.shape, generator, x.device))
