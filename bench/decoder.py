@@ -52,6 +52,13 @@ match = {k: sum(ms(s, k) == ms(r, k) for s, r in zip(scenes, got)) / a.n for k i
 match["background"] = sum(s.background == r.background for s, r in zip(scenes, got)) / a.n
 match["style"] = sum(s.style == r.style for s, r in zip(scenes, got)) / a.n
 match["all"] = sum(s == r for s, r in zip(scenes, got)) / a.n
+# the same by object count: shape and colour must match for every object, so scenes with more objects
+# also test whether the embedding binds each colour to its shape
+by_count = {}
+for c in sorted({len(s.objects) for s in scenes}):
+    pairs = [(s, r) for s, r in zip(scenes, got) if len(s.objects) == c]
+    by_count[str(c)] = {"n": len(pairs), **{k: round(sum(ms(s, k) == ms(r, k) for s, r in pairs) / len(pairs), 4)
+                                            for k in ("shape", "color")}, "all": round(sum(s == r for s, r in pairs) / len(pairs), 4)}
 
 n = a.n_inversion
 with torch.no_grad():
@@ -61,6 +68,7 @@ with torch.no_grad():
 mse = ((back.clamp(-1, 1) - x[:n]) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] pixel units
 psnr = (10 * torch.log10(1 / mse.clamp(min=1e-12)))
 result = {"reconstruction_match_test": {k: round(v, 4) for k, v in match.items()},
+          "by_object_count": by_count,
           "n": a.n, "guidance": a.guidance, "ddim_steps": a.steps,
           "inversion_psnr_db_mean": round(psnr.mean().item(), 2), "inversion_psnr_db_min": round(psnr.min().item(), 2),
           "n_inversion": n, "seconds": round(time.time() - t0)}

@@ -69,6 +69,7 @@ def metrics(out, idx):
         d = z[j] - z_src[i]
         rows.append({
             "kind": e.kind,
+            "objects": len(e.source.objects),
             "l1": ((out[j] - tgt[i]).abs() / 2).mean().item(),
             "l2": (((out[j] - tgt[i]) / 2) ** 2).mean().item(),
             "success": float(r == want),
@@ -88,6 +89,12 @@ def summary(rows):
 def per_kind(rows):
     """summary() per edit type, for the types present (a small --n may miss some)."""
     return {k: summary(r) for k in tw.EDIT_KINDS if (r := [x for x in rows if x["kind"] == k])}
+
+
+def per_count(rows):
+    """summary() by the source's object count: CLIP binds attributes to objects weakly (bench/clip.py),
+    so two-object scenes are where embedding-based methods fail."""
+    return {str(c): summary([x for x in rows if x["objects"] == c]) for c in sorted({x["objects"] for x in rows})}
 
 
 def run(method, idx, **kw):
@@ -141,6 +148,7 @@ if "instruct" in a.methods:
     result["methods"]["instruct"] = summary(rows)
     print("instruct", json.dumps(result["methods"]["instruct"]), flush=True)
     result["instruct_per_kind"] = per_kind(rows)
+    result["instruct_by_object_count"] = per_count(rows)
     result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text}
 for m in ("sdedit", "textdiff", "ref"):
     if m in a.methods:
@@ -149,6 +157,7 @@ for m in ("sdedit", "textdiff", "ref"):
         result["methods"][m] = summary(rows)
         print(m, json.dumps(result["methods"][m]), flush=True)
         result[f"{m}_per_kind"] = per_kind(rows)
+        result[f"{m}_by_object_count"] = per_count(rows)
         if m == "sdedit":
             result["sdedit_settings"] = {"strength": a.strength, "prior_guidance": a.prior_guidance,
                                          "prior_steps": a.prior_steps}
