@@ -25,8 +25,9 @@ upsampled to 128 px (its stem divides by 4 before any block).
     python train_clip.py --text-from checkpoints/clip.pt --freeze-text --swap-images 64 --out /tmp/clip_lt.pt
                                                   # a new image tower for the shipped text tower
 
---edits sets the hard negatives' edit kinds (repeats weigh them), --text-lr-scale the text tower's
-learning rate relative to the image tower's.
+--edits sets the hard negatives' edit kinds (repeats weigh them; "swap" exchanges an attribute between
+the two objects of a scene, a binding negative), --text-lr-scale the text tower's learning rate
+relative to the image tower's.
 """
 
 import argparse
@@ -65,7 +66,7 @@ class TrainConfig:
     pretrain_steps: int = 0  # supervised steps before the contrastive ones: the image tower learns shape and colour
 
 
-EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style")  # what --edits may name
+EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style", "swap")  # what --edits may name
 
 
 def image_side(name):
@@ -73,11 +74,27 @@ def image_side(name):
     return name.startswith("visual.") or name == "logit_scale"
 
 
+def swapped(rng, scene):
+    """A two-object scene with one attribute (colour, shape or size) exchanged between its objects: the
+    same words in its caption, bound the other way. None if there is nothing to exchange."""
+    if len(scene.objects) != 2:
+        return None
+    a, b = scene.objects
+    attrs = [k for k in ("color", "shape", "size") if getattr(a, k) != getattr(b, k)
+             and not (k == "shape" and tw.CONCEPT in (a.shape, b.shape))]
+    if not attrs:
+        return None
+    k = rng.choice(attrs)
+    return replace(scene, objects=(replace(a, **{k: getattr(b, k)}), replace(b, **{k: getattr(a, k)})))
+
+
 def edited(rng, scene, kinds):
-    """The scene with one attribute changed (an edit kind drawn from `kinds`), staying in the training split."""
+    """The scene with one attribute changed (an edit kind drawn from `kinds`; "swap" exchanges one
+    between two objects, a binding negative), staying in the training split."""
     for _ in range(20):
-        out = tw._apply(rng, scene, rng.choice(kinds))[1]
-        if tw.split_of(out) == "train":
+        kind = rng.choice(kinds)
+        out = swapped(rng, scene) if kind == "swap" else tw._apply(rng, scene, kind)[1]
+        if out is not None and tw.split_of(out) == "train":
             return out
     return None
 

@@ -74,6 +74,30 @@ def test_swap_sets_vary_one_attribute_and_stay_out_of_test():
     assert max(sizes) >= 8  # whole sets: all shapes, or all free cells, or all colours
 
 
+def test_swap_negatives_exchange_one_attribute_between_the_objects():
+    import random
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit import toyworld as tw
+    rng, swapped_attrs = random.Random(0), set()
+    for i in range(300):
+        scene = tw.sample_scene(0, "train", i)
+        out = train_clip.edited(rng, scene, ["swap"])
+        if len(scene.objects) == 1:
+            assert out is None  # nothing to exchange
+            continue
+        if out is None:
+            continue  # identical attributes, or every exchange lands in another split
+        assert tw.split_of(out) == "train" and out != scene
+        words = lambda s: sorted(tw.caption(s).split())
+        assert words(out) == words(scene)  # the same bag of words, bound the other way
+        (a, b), (a2, b2) = scene.objects, out.objects
+        changed = [k for k in ("shape", "color", "size", "pos") if getattr(a, k) != getattr(a2, k)]
+        assert len(changed) == 1 and getattr(a2, changed[0]) == getattr(b, changed[0]) and getattr(b2, changed[0]) == getattr(a, changed[0])
+        swapped_attrs.add(changed[0])
+    assert swapped_attrs == {"shape", "color", "size"}
+
+
 def test_train_decoder_toy_and_resume(tiny_clip, tmp_path):
     out = tmp_path / "dec.pt"
     r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
