@@ -84,8 +84,7 @@ def swapped(rng, scene):
              and not (k == "shape" and tw.CONCEPT in (a.shape, b.shape))]
     if not attrs:
         return None
-    k = rng.choice(attrs)
-    return replace(scene, objects=(replace(a, **{k: getattr(b, k)}), replace(b, **{k: getattr(a, k)})))
+    return tw.swap_attribute(scene, rng.choice(attrs))
 
 
 def edited(rng, scene, kinds):

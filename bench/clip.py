@@ -117,9 +117,7 @@ def binding(model, n_scenes=2000, n=300):
     out = {}
     for attr in ("color", "shape", "size"):
         scenes = [s for s in two if getattr(s.objects[0], attr) != getattr(s.objects[1], attr)][:n]
-        swap = lambda s: replace(s, objects=(replace(s.objects[0], **{attr: getattr(s.objects[1], attr)}),
-                                             replace(s.objects[1], **{attr: getattr(s.objects[0], attr)})))
-        swapped = [swap(s) for s in scenes]
+        swapped = [tw.swap_attribute(s, attr) for s in scenes]
         zi, zi_swap = embed_images(model, scenes), embed_images(model, swapped)
         zt, zt_swap = embed_texts(model, [tw.caption(s) for s in scenes]), embed_texts(model, [tw.caption(s) for s in swapped])
         rate = lambda a, b: round((a > b).float().mean().item(), 4)

@@ -48,17 +48,26 @@ for i in range(0, a.n, a.batch):
 samples = torch.cat(samples)
 got = read(reader, samples)
 ms = lambda s, k: sorted(getattr(o, k) for o in s.objects)
-match = {k: sum(ms(s, k) == ms(r, k) for s, r in zip(scenes, got)) / a.n for k in ("shape", "color", "size", "pos")}
-match["background"] = sum(s.background == r.background for s, r in zip(scenes, got)) / a.n
-match["style"] = sum(s.style == r.style for s, r in zip(scenes, got)) / a.n
-match["all"] = sum(s == r for s, r in zip(scenes, got)) / a.n
+
+
+def match_rates(pairs):
+    """Fractions of (source, read) scene pairs whose attributes match."""
+    rate = lambda same: sum(same(s, r) for s, r in pairs) / len(pairs)
+    out = {k: rate(lambda s, r: ms(s, k) == ms(r, k)) for k in ("shape", "color", "size", "pos")}
+    out["background"] = rate(lambda s, r: s.background == r.background)
+    out["style"] = rate(lambda s, r: s.style == r.style)
+    out["all"] = rate(lambda s, r: s == r)
+    return out
+
+
+match = match_rates(list(zip(scenes, got)))
 # the same by object count: shape and colour must match for every object, so scenes with more objects
 # also test whether the embedding binds each colour to its shape
 by_count = {}
 for c in sorted({len(s.objects) for s in scenes}):
     pairs = [(s, r) for s, r in zip(scenes, got) if len(s.objects) == c]
-    by_count[str(c)] = {"n": len(pairs), **{k: round(sum(ms(s, k) == ms(r, k) for s, r in pairs) / len(pairs), 4)
-                                            for k in ("shape", "color")}, "all": round(sum(s == r for s, r in pairs) / len(pairs), 4)}
+    m = match_rates(pairs)
+    by_count[str(c)] = {"n": len(pairs), **{k: round(m[k], 4) for k in ("shape", "color", "all")}}
 
 n = a.n_inversion
 with torch.no_grad():

@@ -86,6 +86,13 @@ def split_of(scene):
     h = int(hashlib.md5(repr(scene).encode()).hexdigest()[:8], 16)
     return "val" if h % 10 == 0 else "train"
 
+
+def swap_attribute(scene, attr):
+    """A two-object scene with `attr` (color, shape or size) exchanged between its objects: the same
+    words in its caption, bound the other way (a test of binding, and a hard negative for it)."""
+    a, b = scene.objects
+    return replace(scene, objects=(replace(a, **{attr: getattr(b, attr)}), replace(b, **{attr: getattr(a, attr)})))
+
 # -----------------------------------------------------------------------------
 # rendering
 
