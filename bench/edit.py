@@ -30,6 +30,9 @@ from minedit.utils import CHECKPOINTS
 p = argparse.ArgumentParser()
 p.add_argument("--weights", default=str(CHECKPOINTS))
 p.add_argument("--n", type=int, default=500)
+p.add_argument("--split", default="test", choices=["test", "val", "train"],
+               help="triplets to score: test (default; each has a held-out shape-colour pair), val (in distribution, "
+                    "unseen) or train (seen in training); comparing them separates composition from fitting")
 p.add_argument("--n-grid", type=int, default=100, help="triplets for the instruct s_I x s_T grid (0: no grid)")
 p.add_argument("--n-slow", type=int, default=200, help="triplets for textdiff and ref (they invert every image)")
 p.add_argument("--methods", nargs="+", default=["instruct", "sdedit", "textdiff", "ref"])
@@ -49,7 +52,7 @@ torch.set_num_threads(2)
 t0 = time.time()
 models = pipeline.Models(a.weights)
 reader = load_reader()
-edits = [tw.sample_edit(0, "test", i) for i in range(a.n)]
+edits = [tw.sample_edit(0, a.split, i) for i in range(a.n)]
 src = tw.render_batch([e.source for e in edits], 32)
 tgt = tw.render_batch([e.target for e in edits], 32)
 src_cap, tgt_cap = [tw.caption(e.source) for e in edits], [tw.caption(e.target) for e in edits]
@@ -119,11 +122,11 @@ def run(method, idx, **kw):
 
 
 def ref_direction(i):
-    """CLIP direction of an example pair showing the same edit: another test source, edited with the
-    same instruction (toy-world edits are re-applied by their attributes)."""
+    """CLIP direction of an example pair showing the same edit: another source of the split, edited with
+    the same instruction (toy-world edits are re-applied by their attributes)."""
     e = edits[i]
     for k in range(1, 400):
-        other = tw.sample_edit(1, "test", i * 1000 + k, kind=e.kind)
+        other = tw.sample_edit(1, a.split, i * 1000 + k, kind=e.kind)
         if other.instruction == e.instruction:
             z = pipeline.encode_images(models.clip, tw.render_batch([other.source, other.target], 32))
             return z[1] - z[0]
@@ -134,7 +137,7 @@ def ref_direction(i):
 ref_fallbacks = []
 
 
-result = {"n": a.n, "steps": a.steps, "methods": {}}
+result = {"split": a.split, "n": a.n, "steps": a.steps, "methods": {}}
 all_idx = list(range(a.n))
 if "instruct" in a.methods:
     if a.n_grid:
