@@ -70,6 +70,19 @@ def test_padding_and_dropped_text_are_ignored():
     torch.testing.assert_close(other, dropped)  # with the text dropped, nothing of the text gets through
 
 
+def test_cpu_attention_kernel_matches_the_default_kernel(monkeypatch):
+    """prior.py runs attention with the math kernel on CPU for speed; the flash kernel, PyTorch's
+    default, must give the same outputs, padded and dropped text included (fp32)."""
+    from torch.nn.attention import SDPBackend
+
+    import minedit.prior as prior_module
+    prior, a = small_prior(), inputs()
+    a["drop_text"] = torch.tensor([False, True, False])
+    fast = run(prior, **a)
+    monkeypatch.setattr(prior_module, "CPU_ATTENTION", SDPBackend.FLASH_ATTENTION)
+    torch.testing.assert_close(run(prior, **a), fast, atol=1e-5, rtol=1e-5)
+
+
 def test_cfg_at_scale_one_is_the_conditional_prediction():
     prior, a = small_prior(), inputs()
     kw = {k: a[k] for k in ("text_emb", "text_states", "text_mask")}
