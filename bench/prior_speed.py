@@ -1,7 +1,7 @@
 """One training step of the shipped prior's architecture (batch 128, caption token states of toy-world
 length, bf16 autocast, backward and AdamW included), with PyTorch's default CPU attention kernel
-(flash) against the plain math kernel that minedit/prior.py selects on CPU (prior.CPU_ATTENTION). The two are timed
-interleaved in one process; the ratio of medians is the figure (> 1: the math kernel is faster).
+(flash) against the plain math kernel that minedit/prior.py selects on CPU (prior.CPU_ATTENTION). The
+two are timed interleaved in one process; the ratio of medians is the figure (> 1: math is faster).
 
     python bench/prior_speed.py [--repeats 5] [--steps 10]      # prints JSON
 """
