@@ -7,14 +7,13 @@ in the main figure; `text_ratio_short_captions` shows the typical case separatel
     python bench/clip_speed.py     # prints JSON
 """
 import json
-import statistics
-import time
 
 import torch
 from transformers import CLIPConfig, CLIPModel
 
 from minedit import clip
 from minedit.tokenizer import tokenize
+from timing import interleaved_medians
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -41,13 +40,8 @@ result = {}
 with torch.inference_mode():
     for name, (a, b) in jobs.items():
         assert (a() - b()).abs().max() < 1e-3  # same weights, same answer
-        ta, tb = [], []
-        for _ in range(7):
-            for fn, acc in ((a, ta), (b, tb)):
-                t = time.perf_counter()
-                fn()
-                acc.append(time.perf_counter() - t)
-        ma, mb = statistics.median(ta), statistics.median(tb)
+        m = interleaved_medians({"minedit": a, "transformers": b}, 7)
+        ma, mb = m["minedit"], m["transformers"]
         result[name] = {"minedit_s": round(ma, 4), "transformers_s": round(mb, 4), "ratio": round(mb / ma, 3)}
 result["batch"] = {"image": 16, "text": 64}
 print(json.dumps(result, indent=1))

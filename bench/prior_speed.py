@@ -7,8 +7,6 @@ two are timed interleaved in one process; the ratio of medians is the figure (> 
 """
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch.nn.attention import SDPBackend
@@ -17,6 +15,7 @@ from minedit import prior as prior_module
 from minedit.diffusion import GaussianDiffusion
 from minedit.prior import Prior, PriorConfig
 from minedit.utils import autocast
+from timing import interleaved_medians
 
 p = argparse.ArgumentParser()
 p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
@@ -43,21 +42,20 @@ def step():
     opt.step()
 
 
-def timed(backend):
-    """Seconds per step with prior.py's CPU attention kernel set to `backend`."""
-    prior_module.CPU_ATTENTION = backend
-    step()  # warm-up
-    t = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    return (time.perf_counter() - t) / a.steps
+def steps_with(backend):
+    """A function running a.steps training steps with prior.py's CPU attention kernel set to `backend`."""
+    def run():
+        prior_module.CPU_ATTENTION = backend
+        for _ in range(a.steps):
+            step()
+    return run
 
 
-times = {"flash": [], "math": []}
-for _ in range(a.repeats):
-    times["flash"].append(timed(SDPBackend.FLASH_ATTENTION))
-    times["math"].append(timed(SDPBackend.MATH))
-flash, math_ = statistics.median(times["flash"]), statistics.median(times["math"])
+fns = {"flash": steps_with(SDPBackend.FLASH_ATTENTION), "math": steps_with(SDPBackend.MATH)}
+for fn in fns.values():
+    fn()  # warm-up
+m = interleaved_medians(fns, a.repeats)
+flash, math_ = m["flash"] / a.steps, m["math"] / a.steps
 print(json.dumps({"batch": B, "tokens": T, "parameters_M": round(sum(q.numel() for q in prior.parameters()) / 1e6, 2),
                   "flash_step_s": round(flash, 4), "math_step_s": round(math_, 4), "speedup_math_over_flash": round(flash / math_, 2),
-                  "rounds": {k: [round(v, 4) for v in vs] for k, vs in times.items()}}, indent=1))
+                  "rounds": a.repeats, "steps_per_round": a.steps}, indent=1))

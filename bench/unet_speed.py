@@ -6,13 +6,12 @@ and the FLOP/s minedit's UNet reaches, against a large fp32 matmul on the same m
 """
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from minedit.unet import UNet, UNetConfig
+from timing import interleaved_medians
 
 p = argparse.ArgumentParser()
 p.add_argument("--channels", type=int, default=48)
@@ -30,35 +29,31 @@ ref = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_chann
                   up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), attention_head_dim=C, norm_num_groups=16,
                   resnet_time_scale_shift="scale_shift")
 x, t = torch.randn(a.batch, 3, 32, 32), torch.randint(0, 1000, (a.batch,))
+
+
+def no_grad(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
 fns = {
-    "forward": (lambda: ours(x, t), lambda: ref(x, t).sample),
+    "forward": (no_grad(lambda: ours(x, t)), no_grad(lambda: ref(x, t).sample)),
     "train_step": (lambda: ours(x, t).square().mean().backward(), lambda: ref(x, t).sample.square().mean().backward()),
 }
 result = {"params_minedit_M": round(sum(p.numel() for p in ours.parameters()) / 1e6, 3),
           "params_diffusers_M": round(sum(p.numel() for p in ref.parameters()) / 1e6, 3), "batch": a.batch}
 for name, (fa, fb) in fns.items():
-    ta, tb = [], []
-    for _ in range(a.reps):
-        for fn, acc in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            if name == "forward":
-                with torch.no_grad():
-                    fn()
-            else:
-                fn()
-            acc.append(time.perf_counter() - t0)
-    result[name] = {"minedit_s": round(statistics.median(ta), 4), "diffusers_s": round(statistics.median(tb), 4),
-                    "ratio": round(statistics.median(tb) / statistics.median(ta), 3)}
+    m = interleaved_medians({"minedit": fa, "diffusers": fb}, a.reps)
+    result[name] = {"minedit_s": round(m["minedit"], 4), "diffusers_s": round(m["diffusers"], 4),
+                    "ratio": round(m["diffusers"] / m["minedit"], 3)}
 with FlopCounterMode(display=False) as fc, torch.no_grad():
     ours(x, t)
 flops = fc.get_total_flops()
 m = torch.randn(2048, 2048)
-mm = []
-for _ in range(5):
-    t0 = time.perf_counter()
-    m @ m
-    mm.append(time.perf_counter() - t0)
+mm = interleaved_medians({"matmul": lambda: m @ m}, 5)["matmul"]
 result["minedit_forward_gflop_per_image"] = round(flops / a.batch / 1e9, 3)
 result["minedit_forward_gflop_s"] = round(flops / result["forward"]["minedit_s"] / 1e9, 1)
-result["matmul_2048_fp32_gflop_s"] = round(2 * 2048 ** 3 / statistics.median(mm) / 1e9, 1)
+result["matmul_2048_fp32_gflop_s"] = round(2 * 2048 ** 3 / mm / 1e9, 1)
 print(json.dumps(result, indent=1))

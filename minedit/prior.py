@@ -29,7 +29,7 @@ from minedit.unet import timestep_embedding
 
 
 # For these short masked sequences, PyTorch's default CPU attention kernel (flash) is half of a training
-# step; the plain math kernel makes the whole step 1.85x faster (bench/prior_speed.py). GPUs keep
+# step; the plain math kernel makes the whole step about 1.8x faster (bench/prior_speed.py). GPUs keep
 # their default.
 CPU_ATTENTION = SDPBackend.MATH
 
