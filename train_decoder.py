@@ -65,6 +65,8 @@ class TrainConfig:
     cfg_image: float = 1.0      # instruct sample grids (the edit benchmark's choice for the shipped model)
     cfg_text: float = 2.0
     text_cond: str = "both"     # instruct: the instruction enters as "both", "emb" (pooled) or "states" (tokens)
+    change_weight: float = 0.0  # instruct: pixels the edit changes weigh 1 + this in the loss, the rest 1,
+                                # normalized to mean 1 per triplet (0 = off; README)
 
 
 # --task instruct changes these defaults (the shipped checkpoints/instruct.pt)
@@ -92,6 +94,15 @@ def instruct_grid(unet, diffusion, pairs, text, s_image, s_text, path, seed=0):
     x = instruct_result(unet, src, x)
     rows = torch.cat([pairs[:, 0], pairs[:, 1], torch.from_numpy(to_image(x))])
     save_image_atomic(image_grid(rows.numpy(), len(src)), path)
+
+
+def change_weights(source, target, w):
+    """Per-pixel loss weights for an edit triplet: 1 + w where the edit changes the pixel, 1 elsewhere,
+    scaled to mean 1 per triplet so that every triplet weighs the same. None when w is 0 (no weighting)."""
+    if not w:
+        return None
+    weight = 1 + w * (source != target).any(1, keepdim=True).float()  # (B, 1, H, W)
+    return weight / weight.mean((1, 2, 3), keepdim=True)
 
 
 def init_from_decoder(unet, decoder_ckpt):
@@ -207,7 +218,8 @@ def main():
         kw = instruct_kwargs(x[:, 0], text["emb"][idx].to(device), text["states"][idx].float().to(device),
                              text["mask"][idx].to(device), m["drop_image"], m["drop_text"])
         x0 = instruct_variable(unet, x[:, 0], x[:, 1])
-        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma).mean()
+        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma,
+                                         weight=change_weights(x[:, 0], x[:, 1], tc.change_weight)).mean()
 
     def samples(step, ema):
         if not tc.sample_every or (step + 1) % tc.sample_every:

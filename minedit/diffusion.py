@@ -190,15 +190,18 @@ class GaussianDiffusion(nn.Module):
 
     # --- training ---
 
-    def training_losses(self, model, x0, t=None, noise=None, model_kwargs=None, generator=None, snr_gamma=None):
+    def training_losses(self, model, x0, t=None, noise=None, model_kwargs=None, generator=None, snr_gamma=None,
+                        weight=None):
         """Per-sample MSE between the model's output and its target (eps, x0 or v) at random or given t.
         snr_gamma: Min-SNR weighting (Hang et al. 2023): each timestep's loss, seen as an x0 loss, is
-        weighted by min(SNR, gamma), so the nearly clean timesteps stop dominating training."""
+        weighted by min(SNR, gamma), so the nearly clean timesteps stop dominating training.
+        weight: per-element weights, broadcastable to x0 (e.g. more weight on the pixels an edit changes)."""
         if t is None:
             t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None else noise
         out = model(self.q_sample(x0, t, noise), t, **(model_kwargs or {}))
-        loss = (out.float() - self.target(x0, noise, t).float()).pow(2).flatten(1).mean(1)
+        err = (out.float() - self.target(x0, noise, t).float()).pow(2)
+        loss = (err if weight is None else err * weight).flatten(1).mean(1)
         if snr_gamma:
             a = self.alphas_cumprod.to(x0.device)[t]
             snr = a / (1 - a)

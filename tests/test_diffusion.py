@@ -140,6 +140,23 @@ def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction):
     assert not torch.allclose(got, plain.float(), rtol=1e-2)
 
 
+def test_per_element_weights_scale_the_squared_error():
+    """weight multiplies each element's squared error before the mean: ones change nothing, and a mask
+    keeps only the masked elements' error (scaled by the fraction they are of the sample)."""
+    d = GaussianDiffusion(100, "cosine", "v")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    t = torch.tensor([5, 50, 95])
+    model = lambda xt, tt: torch.sin(3 * xt)
+    err = (model(d.q_sample(x0, t, noise), t) - d.target(x0, noise, t)).pow(2)
+    assert torch.allclose(d.training_losses(model, x0, t, noise, weight=torch.ones(3, 1, 4, 4)),
+                          d.training_losses(model, x0, t, noise))
+    mask = torch.zeros(3, 1, 4, 4)
+    mask[:, :, :2, 1:3] = 1  # 4 of 16 pixels, both channels
+    got = d.training_losses(model, x0, t, noise, weight=mask)
+    assert torch.allclose(got, err[:, :, :2, 1:3].flatten(1).mean(1) / 4, rtol=1e-5)
+
+
 def test_clip_denoised_takes_a_bound():
     """clip_denoised=True clips x0 estimates to [-1, 1]; a number b clips them to [-b, b] (residual edits)."""
     d = GaussianDiffusion(100, "cosine", "x0")

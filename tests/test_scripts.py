@@ -144,12 +144,12 @@ def test_train_instruct_from_a_decoder_and_resume(tiny_clip, tmp_path):
     assert r.returncode == 0, r.stderr
     out = tmp_path / "ins.pt"
     r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--init", str(dec), "--no-residual",
-             "--clip", str(tiny_clip), "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
+             "--change-weight", "4", "--clip", str(tiny_clip), "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "edit triplets" in r.stdout and "initialized" in r.stdout
     ck = torch.load(out, weights_only=True)
     assert ck["kind"] == "instruct" and ck["config"]["in_channels"] == 6 and ck["config"]["context_dim"] == 64
-    assert not ck["config"]["residual"]
+    assert not ck["config"]["residual"] and ck["train_config"]["change_weight"] == 4.0
     d = torch.load(dec, weights_only=True)["model"]
     # the new input channels start at zero; the old ones start from the decoder (then train 2 steps)
     r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--resume", str(out), "--clip", str(tiny_clip),
@@ -184,6 +184,18 @@ def test_init_from_decoder_zero_inits_the_new_channels():
     w = ins.state_dict()["input_blocks.0.0.weight"]
     assert torch.equal(w[:, :3], dec.state_dict()["input_blocks.0.0.weight"]) and w[:, 3:].abs().max() == 0
     assert "input_blocks.0.0.weight" in loaded and not any(k.startswith("context_proj") for k in loaded)
+
+
+def test_change_weights_favour_changed_pixels_and_average_one():
+    sys.path.insert(0, ROOT)
+    from train_decoder import change_weights
+    src = torch.zeros(2, 3, 4, 4)
+    tgt = src.clone()
+    tgt[0, 1, 0, :2] = 0.5  # triplet 0: 2 of 16 pixels change (in one channel); triplet 1: a no-op
+    w = change_weights(src, tgt, 4.0)
+    assert w.shape == (2, 1, 4, 4) and torch.allclose(w.mean((1, 2, 3)), torch.ones(2))
+    assert torch.allclose(w[0, 0, 0, :2], torch.full((2,), 5 / 1.5)) and torch.allclose(w[0, 0, 1:], torch.full((3, 4), 1 / 1.5))
+    assert torch.equal(w[1], torch.ones(1, 4, 4)) and change_weights(src, tgt, 0.0) is None
 
 
 @pytest.mark.parametrize("script,flag", [("train_clip.py", "--resume"), ("train_clip.py", "--text-from"),
