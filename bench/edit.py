@@ -39,12 +39,16 @@ p.add_argument("--methods", nargs="+", default=["instruct", "sdedit", "textdiff"
 p.add_argument("--steps", type=int, default=20)
 p.add_argument("--cfg-image", type=float, default=1.0)
 p.add_argument("--cfg-text", type=float, default=2.0)
+p.add_argument("--eta", type=float, default=pipeline.INSTRUCT_ETA,
+               help="instruct: DDIM eta (default: %(default)s, as the pipeline; 0 = deterministic)")
 p.add_argument("--grid-image", type=float, nargs="+", default=[1.0, 1.5])
 p.add_argument("--grid-text", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
 p.add_argument("--strength", type=float, default=0.6)
 p.add_argument("--prior-guidance", type=float, default=1.0, help="sdedit: the prior's CFG scale (default: %(default)s, as the pipeline)")
 p.add_argument("--prior-steps", type=int, default=pipeline.PRIOR_STEPS, help="sdedit: the prior's DDIM steps (default: %(default)s, as the pipeline)")
 p.add_argument("--theta", type=float, default=0.5)
+p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b draws from seed 1000 * SEED + b); "
+                                                    "other seeds measure how much a figure moves with the noise alone")
 p.add_argument("--batch", type=int, default=100)
 p.add_argument("--out", default=None, help="also write the JSON here")
 a = p.parse_args()
@@ -105,9 +109,10 @@ def run(method, idx, **kw):
     for b in range(0, len(idx), a.batch):
         ib = idx[b:b + a.batch]
         x = src[ib]
-        g = torch.Generator().manual_seed(b)
+        g = torch.Generator().manual_seed(1000 * a.seed + b)
         if method == "instruct":
-            y = pipeline.edit_instruct(models, x, [edits[i].instruction for i in ib], kw["s_image"], kw["s_text"], a.steps, g)
+            y = pipeline.edit_instruct(models, x, [edits[i].instruction for i in ib], kw["s_image"], kw["s_text"], a.steps, g,
+                                          eta=a.eta)
         elif method == "sdedit":
             y = pipeline.edit_sdedit(models, x, [tgt_cap[i] for i in ib], a.strength, 3.0, a.steps, g, a.prior_guidance,
                                     prior_steps=a.prior_steps)
@@ -137,7 +142,7 @@ def ref_direction(i):
 ref_fallbacks = []
 
 
-result = {"split": a.split, "n": a.n, "steps": a.steps, "methods": {}}
+result = {"split": a.split, "n": a.n, "steps": a.steps, "seed": a.seed, "methods": {}}
 all_idx = list(range(a.n))
 if "instruct" in a.methods:
     if a.n_grid:
@@ -152,7 +157,7 @@ if "instruct" in a.methods:
     print("instruct", json.dumps(result["methods"]["instruct"]), flush=True)
     result["instruct_per_kind"] = per_kind(rows)
     result["instruct_by_object_count"] = per_count(rows)
-    result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text}
+    result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text, "eta": a.eta}
 for m in ("sdedit", "textdiff", "ref"):
     if m in a.methods:
         idx = all_idx if m == "sdedit" else all_idx[:a.n_slow]

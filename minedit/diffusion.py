@@ -40,6 +40,12 @@ def _extract_into_tensor(a, t, x):
     return a.to(x.device)[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
 
+def _randn_like(x, generator=None):
+    """N(0, I) noise shaped like x, drawn on the generator's device (a CPU generator serves any device)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
 class GaussianDiffusion(nn.Module):
     def __init__(self, timesteps=1000, schedule="linear", prediction="eps"):
         super().__init__()
@@ -114,7 +120,7 @@ class GaussianDiffusion(nn.Module):
         """One ancestral step x_t -> x_{t-1}; no noise is added at t = 0."""
         out = self.p_mean_variance(model, xt, t, clip_denoised, model_kwargs)
         if noise is None:
-            noise = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
+            noise = _randn_like(xt, generator)
         nonzero = (t != 0).to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
         return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise, out["pred_x0"]
 
@@ -152,7 +158,7 @@ class GaussianDiffusion(nn.Module):
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if eta > 0:
             if noise is None:
-                noise = torch.randn(xt.shape, generator=generator, device=xt.device, dtype=xt.dtype)
+                noise = _randn_like(xt, generator)
             x_prev = x_prev + sigma * noise
         return x_prev, x0
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDIT = os.path.join(ROOT, "edit.py")
@@ -40,10 +40,31 @@ def test_main_command_writes_an_image_with_its_recipe_and_replays_bit_for_bit(tm
     assert im.size == Image.open(EXAMPLE).size
     recipe = json.loads(im.text["minedit"])
     assert recipe["args"]["edit"] == "in neon lights" and recipe["args"]["seed"] == 1 and recipe["args"]["steps"] == 4
+    assert recipe["args"]["eta"] == 0.0  # the default, recorded as used
     assert set(recipe["weights_sha256_16"]) == {"clip", "instruct"}
     r = edit("--replay", out, "-o", tmp_path / "again.png", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
+
+
+def test_eta_changes_the_sample_and_old_recipes_replay_deterministically(tmp_path):
+    """--eta 0 and 1 draw different edits from one seed; a recipe written before --eta existed (no "eta"
+    key) replays with eta 0, the deterministic sampling of its time, whatever the default becomes."""
+    r = edit(EXAMPLE, "make the star blue", *FAST, "--eta", "0", "-o", tmp_path / "e0.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = edit(EXAMPLE, "make the star blue", *FAST, "--eta", "1", "-o", tmp_path / "e1.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    e0, e1 = (np.asarray(Image.open(tmp_path / f"e{i}.png")) for i in (0, 1))
+    assert not np.array_equal(e0, e1)
+    im = Image.open(tmp_path / "e0.png")
+    recipe = json.loads(im.text["minedit"])
+    del recipe["args"]["eta"]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("minedit", json.dumps(recipe))
+    im.save(tmp_path / "old.png", pnginfo=info)
+    r = edit("--replay", tmp_path / "old.png", "-o", tmp_path / "again.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), e0)
 
 
 def test_empty_instruction_returns_the_input(tmp_path):
@@ -161,6 +182,8 @@ def bad_cases(folder):
         "ref missing": ([inp, "", "--method", "ref"], "needs --ref"),
         "negative scale": ([inp, "x", "--cfg-text", "-1"], "cfg-text"),
         "nan scale": ([inp, "x", "--cfg-image", "nan"], "cfg-image"),
+        "eta out of range": ([inp, "x", "--eta", "1.5"], "--eta"),
+        "nan eta": ([inp, "x", "--eta", "nan"], "--eta"),
         "bad concept": ([inp, "x", "--concept", folder / "notes.png"], "concept"),
         "replay of a plain png": (["--replay", inp], "no minedit recipe"),
     }
