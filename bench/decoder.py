@@ -27,6 +27,7 @@ p.add_argument("--n-inversion", type=int, default=100)
 p.add_argument("--guidance", type=float, default=3.0)
 p.add_argument("--steps", type=int, default=50)
 p.add_argument("--batch", type=int, default=100)
+p.add_argument("--seed", type=int, default=0, help="sampling seed; others show how much the figures move with the noise alone")
 a = p.parse_args()
 torch.set_num_threads(2)
 t0 = time.time()
@@ -39,7 +40,7 @@ with torch.no_grad():
     emb = F.normalize(clip.encode_image(normalize(x, clip.config.image_resolution)), dim=-1)
 
 samples = []
-g = torch.Generator().manual_seed(0)
+g = torch.Generator().manual_seed(a.seed)
 for i in range(0, a.n, a.batch):
     e = emb[i:i + a.batch]
     drop = torch.ones(len(e), dtype=torch.bool)
@@ -78,7 +79,7 @@ mse = ((back.clamp(-1, 1) - x[:n]) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] p
 psnr = (10 * torch.log10(1 / mse.clamp(min=1e-12)))
 result = {"reconstruction_match_test": {k: round(v, 4) for k, v in match.items()},
           "by_object_count": by_count,
-          "n": a.n, "guidance": a.guidance, "ddim_steps": a.steps,
+          "n": a.n, "seed": a.seed, "guidance": a.guidance, "ddim_steps": a.steps,
           "inversion_psnr_db_mean": round(psnr.mean().item(), 2), "inversion_psnr_db_min": round(psnr.min().item(), 2),
           "n_inversion": n, "seconds": round(time.time() - t0)}
 print(json.dumps(result, indent=1))
