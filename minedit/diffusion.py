@@ -40,10 +40,11 @@ def _extract_into_tensor(a, t, x):
     return a.to(x.device)[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
 
-def _randn_like(x, generator=None):
-    """N(0, I) noise shaped like x, drawn on the generator's device (a CPU generator serves any device)."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+def randn(shape, generator=None, device=None, dtype=None):
+    """N(0, I) noise of `shape` on `device`, drawn on the generator's own device and then moved, so one
+    seeded CPU generator drives a model on any device and gives it the same numbers."""
+    src = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=src, dtype=dtype).to(device)
 
 
 class GaussianDiffusion(nn.Module):
@@ -120,7 +121,7 @@ class GaussianDiffusion(nn.Module):
         """One ancestral step x_t -> x_{t-1}; no noise is added at t = 0."""
         out = self.p_mean_variance(model, xt, t, clip_denoised, model_kwargs)
         if noise is None:
-            noise = _randn_like(xt, generator)
+            noise = randn(xt.shape, generator, xt.device, xt.dtype)
         nonzero = (t != 0).to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
         return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise, out["pred_x0"]
 
@@ -128,7 +129,7 @@ class GaussianDiffusion(nn.Module):
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, model_kwargs=None, generator=None,
                       device="cpu", progress=False):
         """DDPM ancestral sampling over all timesteps, from noise (or N(0, I)) to x_0."""
-        x = torch.randn(shape, generator=generator, device=device) if noise is None else noise
+        x = randn(shape, generator, device) if noise is None else noise
         for i in tqdm(range(self.timesteps - 1, -1, -1), disable=not progress, desc="ddpm"):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             x, _ = self.p_sample(model, x, t, clip_denoised, model_kwargs, generator=generator)
@@ -158,7 +159,7 @@ class GaussianDiffusion(nn.Module):
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if eta > 0:
             if noise is None:
-                noise = _randn_like(xt, generator)
+                noise = randn(xt.shape, generator, xt.device, xt.dtype)
             x_prev = x_prev + sigma * noise
         return x_prev, x0
 
@@ -167,7 +168,7 @@ class GaussianDiffusion(nn.Module):
                     generator=None, device="cpu", progress=False, start_step=0):
         """DDIM sampling from x_T (noise, or N(0, I) of `shape`) to x_0 in `steps` respaced steps.
         start_step > 0 skips the first (noisiest) steps: `noise` is then x at that step (SDEdit)."""
-        x = torch.randn(shape, generator=generator, device=device) if noise is None else noise
+        x = randn(shape, generator, device) if noise is None else noise
         ts = self.ddim_timesteps(steps)
         for i in tqdm(range(start_step, len(ts)), disable=not progress, desc="ddim"):
             t = torch.full((x.shape[0],), ts[i], device=x.device, dtype=torch.long)
@@ -203,8 +204,9 @@ class GaussianDiffusion(nn.Module):
         weighted by min(SNR, gamma), so the nearly clean timesteps stop dominating training.
         weight: per-element weights, broadcastable to x0 (e.g. more weight on the pixels an edit changes)."""
         if t is None:
-            t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) if noise is None else noise
+            on = generator.device if generator is not None else x0.device  # as randn(): the generator's device
+            t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator, device=on).to(x0.device)
+        noise = randn(x0.shape, generator, x0.device, x0.dtype) if noise is None else noise
         out = model(self.q_sample(x0, t, noise), t, **(model_kwargs or {}))
         err = (out.float() - self.target(x0, noise, t).float()).pow(2)
         loss = (err if weight is None else err * weight).flatten(1).mean(1)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from minedit import clip as clip_lib
-from minedit.diffusion import GaussianDiffusion
+from minedit.diffusion import GaussianDiffusion, randn
 from minedit.guidance import cfg, instruct_cfg
 from minedit.prior import Prior, PriorConfig, rerank
 from minedit.tokenizer import tokenize
@@ -143,10 +143,6 @@ def encode_texts(clip, texts, concepts=None):
     return {"emb": F.normalize(z.float(), dim=-1), "states": h.float(), "mask": mask}
 
 
-def _noise(shape, generator, device):
-    return torch.randn(shape, generator=generator).to(device)
-
-
 @torch.no_grad()
 def text_to_embedding(models, texts, guidance=1.0, steps=PRIOR_STEPS, n_best=2, generator=None, concepts=None):
     """The prior's CLIP image embeddings (B, E) for texts; best of n_best by CLIP similarity to the text.
@@ -170,7 +166,7 @@ def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None):
     unet, diffusion = models.decoder
     if noise is None:
         r = unet.config.image_size
-        noise = _noise((emb.shape[0], unet.config.out_channels, r, r), generator, emb.device)
+        noise = randn((emb.shape[0], unet.config.out_channels, r, r), generator, emb.device)
     return diffusion.ddim_sample(decoder_model(unet, emb, guidance), noise=noise, steps=steps)
 
 
@@ -227,7 +223,7 @@ def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator
     emb = text_to_embedding(models, texts, prior_guidance, prior_steps, generator=generator, concepts=concepts)
     start = min(steps - 1, max(0, round((1 - strength) * steps)))
     t = torch.full((x.shape[0],), diffusion.ddim_timesteps(steps)[start], dtype=torch.long, device=x.device)
-    xt = diffusion.q_sample(x, t, _noise(x.shape, generator, x.device))
+    xt = diffusion.q_sample(x, t, randn(x.shape, generator, x.device))
     return diffusion.ddim_sample(decoder_model(unet, emb, guidance), noise=xt, steps=steps, start_step=start)
 
 
@@ -239,7 +235,7 @@ def edit_instruct(models, x, text, s_image=1.0, s_text=2.0, steps=20, generator=
     unet, diffusion = models.instruct
     t = encode_texts(models.clip, [text] * x.shape[0] if isinstance(text, str) else list(text), concepts)
     if noise is None:
-        noise = _noise(x.shape, generator, x.device)
+        noise = randn(x.shape, generator, x.device)
     model = instruct_cfg(unet, s_image, s_text, x, t["emb"], t["states"], t["mask"])
     x0 = diffusion.ddim_sample(model, noise=noise, steps=steps, eta=eta, clip_denoised=instruct_bound(unet),
                                generator=generator)

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from minedit.diffusion import randn
 from minedit.guidance import cfg
 from minedit.unet import timestep_embedding
 
@@ -135,7 +136,7 @@ class Prior(nn.Module):
         kw = {"text_emb": text_emb, "text_states": text_states, "text_mask": text_mask}
         on, off = torch.zeros(B, dtype=torch.bool, device=text_emb.device), torch.ones(B, dtype=torch.bool, device=text_emb.device)
         model = cfg(self, guidance, {**kw, "drop_text": on}, {**kw, "drop_text": off})
-        noise = torch.randn(B, self.config.embed_dim, generator=generator).to(text_emb.device)
+        noise = randn((B, self.config.embed_dim), generator, text_emb.device)
         x = diffusion.ddim_sample(model, noise=noise, steps=steps, eta=eta, clip_denoised=False)
         return F.normalize(self.unstandardize(x), dim=-1)
 

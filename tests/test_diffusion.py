@@ -157,6 +157,26 @@ def test_per_element_weights_scale_the_squared_error():
     assert torch.allclose(got, err[:, :, :2, 1:3].flatten(1).mean(1) / 4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_one_cpu_generator_gives_every_device_the_same_draws(device):
+    """Training and sampling take a seeded CPU generator whatever the model's device: timesteps and noise
+    are drawn on the generator's device, in a fixed order (t, then noise), and moved."""
+    d = GaussianDiffusion(100, "cosine", "v").to(device)
+    x0 = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(1)).to(device)
+    model = lambda xt, tt: torch.sin(3 * xt) + tt.view(-1, 1, 1, 1) / 100
+    got = d.training_losses(model, x0, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 100, (4,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    want = d.training_losses(model, x0, t.to(device), noise.to(device))
+    assert got.device.type == device and torch.allclose(got, want)
+    x = d.ddim_sample(model, (2, 3, 2, 2), steps=5, eta=1.0, generator=torch.Generator().manual_seed(0), device=device)
+    ref = GaussianDiffusion(100, "cosine", "v").ddim_sample(model, (2, 3, 2, 2), steps=5, eta=1.0,
+                                                            generator=torch.Generator().manual_seed(0))
+    assert x.device.type == device and torch.allclose(x.cpu(), ref, atol=1e-5)
+
+
 def test_clip_denoised_takes_a_bound():
     """clip_denoised=True clips x0 estimates to [-1, 1]; a number b clips them to [-b, b] (residual edits)."""
     d = GaussianDiffusion(100, "cosine", "x0")
