@@ -64,6 +64,7 @@ class TrainConfig:
     text_lr_scale: float = 1.0  # the text tower's learning rate, relative to the image tower's
     edits: str = "reshape,move,reshape,move,resize,recolor,background,style"  # hard-negative edits, drawn uniformly
     pretrain_steps: int = 0  # supervised steps before the contrastive ones: the image tower learns shape and colour
+    pretrain_all: bool = False  # the warm-up also sees two-object scenes (targets split between the objects)
 
 
 EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style", "swap")  # what --edits may name
@@ -152,16 +153,24 @@ def swap_loss(model, z_img, swap_texts, swaps, grad_text):
 
 
 def pretrain_batch(step, tc):
-    """One-object training scenes and their (shape, colour) labels for the supervised warm-up."""
+    """Training scenes and their shape and colour labels for the supervised warm-up: one-object scenes
+    with class indices, or (tc.pretrain_all) every scene with target distributions spread evenly over the
+    shapes and colours it holds (a one-object scene's is its class index, one-hot)."""
     scenes, i = [], step * tc.batch_size * 2
     while len(scenes) < tc.batch_size:
         s = tw.sample_scene(tc.seed + 3, "train", i)
         i += 1
-        if len(s.objects) == 1:
+        if tc.pretrain_all or len(s.objects) == 1:
             scenes.append(s)
-    shape = torch.tensor([tw.ALL_SHAPES.index(s.objects[0].shape) for s in scenes])
-    color = torch.tensor([list(tw.COLORS).index(s.objects[0].color) for s in scenes])
-    return tw.render_batch(scenes, tc.res), shape, color
+    shapes, colors = list(tw.ALL_SHAPES), list(tw.COLORS)
+    if not tc.pretrain_all:
+        return (tw.render_batch(scenes, tc.res), torch.tensor([shapes.index(s.objects[0].shape) for s in scenes]),
+                torch.tensor([colors.index(s.objects[0].color) for s in scenes]))
+    shape, color = torch.zeros(len(scenes), len(shapes)), torch.zeros(len(scenes), len(colors))
+    for k, s in enumerate(scenes):
+        for o in s.objects:
+            shape[k, shapes.index(o.shape)] = color[k, colors.index(o.color)] = 1
+    return tw.render_batch(scenes, tc.res), shape / shape.sum(1, keepdim=True), color / color.sum(1, keepdim=True)
 
 
 def pretrain(model, tc, device):
@@ -207,6 +216,8 @@ def main():
     p.add_argument("--text-from", default=None, help="take the text tower (and config) from this CLIP; the image tower starts "
                    "fresh (with --freeze-text: the text embeddings stay exactly as they are)")
     p.add_argument("--freeze-text", action="store_const", const=True, default=None, help="train the image tower only")
+    p.add_argument("--pretrain-all", action="store_const", const=True, default=None, help="the warm-up also sees "
+                   "two-object scenes (target probability split between their objects), not only one-object ones")
     p.add_argument("--vision-layers", type=vision_layers, default=None, help="the image tower: a ViT's depth (one int) or "
                    "a ModifiedResNet's blocks per stage (four ints, e.g. 1,1,1,1; OpenAI's RN50 is 3,4,6,3)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")

@@ -283,6 +283,22 @@ def test_text_lr_scale_zero_keeps_the_text_tower(tiny_clip, tmp_path):
     assert not torch.equal(old["visual.conv1.weight"], new["visual.conv1.weight"])
 
 
+def test_pretrain_all_labels_every_object():
+    """--pretrain-all: the warm-up takes every training scene, one object or two, with target distributions
+    spread evenly over exactly the shapes and colours of its objects."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit import toyworld as tw
+    tc = train_clip.TrainConfig(batch_size=32, pretrain_all=True)
+    x, shape, color = train_clip.pretrain_batch(0, tc)
+    scenes = [tw.sample_scene(tc.seed + 3, "train", i) for i in range(32)]  # step 0 takes scenes 0..31
+    assert torch.equal(x, tw.render_batch(scenes, tc.res)) and any(len(s.objects) == 2 for s in scenes)
+    assert torch.allclose(shape.sum(1), torch.ones(32)) and torch.allclose(color.sum(1), torch.ones(32))
+    for s, sh, co in zip(scenes, shape, color):
+        assert {tw.ALL_SHAPES[i] for i in sh.nonzero().flatten().tolist()} == {o.shape for o in s.objects}
+        assert {list(tw.COLORS)[i] for i in co.nonzero().flatten().tolist()} == {o.color for o in s.objects}
+
+
 def test_pretrain_teaches_the_image_tower_only(monkeypatch):
     """The supervised warm-up (--pretrain-steps) trains the image tower and its heads, which then fit a
     batch they are shown repeatedly; the text tower and the temperature stay bit-identical."""
