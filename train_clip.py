@@ -64,7 +64,8 @@ class TrainConfig:
     text_lr_scale: float = 1.0  # the text tower's learning rate, relative to the image tower's
     edits: str = "reshape,move,reshape,move,resize,recolor,background,style"  # hard-negative edits, drawn uniformly
     pretrain_steps: int = 0  # supervised steps before the contrastive ones: the image tower learns shape and colour
-    pretrain_all: bool = False  # the warm-up also sees two-object scenes (targets split between the objects)
+    pretrain_all: str = ""  # 'shape,color', 'color' or 'shape': the warm-up heads that also see two-object scenes
+                            # (the target split evenly between the objects); the others see one-object scenes only
 
 
 EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style", "swap")  # what --edits may name
@@ -155,7 +156,8 @@ def swap_loss(model, z_img, swap_texts, swaps, grad_text):
 def pretrain_batch(step, tc):
     """Training scenes and their shape and colour labels for the supervised warm-up: one-object scenes
     with class indices, or (tc.pretrain_all) every scene with target distributions spread evenly over the
-    shapes and colours it holds (a one-object scene's is its class index, one-hot)."""
+    shapes and colours it holds (a one-object scene's is its class index, one-hot); pretrain() then trains
+    a head not named in tc.pretrain_all on the batch's one-object scenes only."""
     scenes, i = [], step * tc.batch_size * 2
     while len(scenes) < tc.batch_size:
         s = tw.sample_scene(tc.seed + 3, "train", i)
@@ -189,7 +191,12 @@ def pretrain(model, tc, device):
             g["lr"] = training.lr_at(step, tc.lr, 50, tc.pretrain_steps, floor=1.0)  # warmup, then constant
         with autocast(device, tc.bf16):
             z = model.encode_image(x).float()
-            losses = [F.cross_entropy(head(z), y.to(device)) for head, y in zip(heads, labels)]
+            losses = []
+            for head, y, name in zip(heads, labels, ("shape", "color")):
+                keep = torch.ones(len(y), dtype=torch.bool)
+                if tc.pretrain_all and name not in tc.pretrain_all.split(","):
+                    keep = y.max(1).values == 1  # one object: the whole target on one class
+                losses.append(F.cross_entropy(head(z[keep.to(device)]), y[keep].to(device)))
         opt.zero_grad(set_to_none=True)
         sum(losses).backward()
         opt.step()
@@ -216,14 +223,15 @@ def main():
     p.add_argument("--text-from", default=None, help="take the text tower (and config) from this CLIP; the image tower starts "
                    "fresh (with --freeze-text: the text embeddings stay exactly as they are)")
     p.add_argument("--freeze-text", action="store_const", const=True, default=None, help="train the image tower only")
-    p.add_argument("--pretrain-all", action="store_const", const=True, default=None, help="the warm-up also sees "
-                   "two-object scenes (target probability split between their objects), not only one-object ones")
     p.add_argument("--vision-layers", type=vision_layers, default=None, help="the image tower: a ViT's depth (one int) or "
                    "a ModifiedResNet's blocks per stage (four ints, e.g. 1,1,1,1; OpenAI's RN50 is 3,4,6,3)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
     args = vars(p.parse_args())
+    if args["pretrain_all"] and not set(args["pretrain_all"].split(",")) <= {"shape", "color"}:
+        p.error(f"--pretrain-all {args['pretrain_all']!r}: name the warm-up heads that see two-object scenes, "
+                "shape,color or color or shape")
 
     training.check_out(args["out"])
     ckpt = training.checkpoint_arg(args, "resume", "clip")

@@ -289,7 +289,7 @@ def test_pretrain_all_labels_every_object():
     sys.path.insert(0, ROOT)
     import train_clip
     from minedit import toyworld as tw
-    tc = train_clip.TrainConfig(batch_size=32, pretrain_all=True)
+    tc = train_clip.TrainConfig(batch_size=32, pretrain_all="shape,color")
     x, shape, color = train_clip.pretrain_batch(0, tc)
     scenes = [tw.sample_scene(tc.seed + 3, "train", i) for i in range(32)]  # step 0 takes scenes 0..31
     assert torch.equal(x, tw.render_batch(scenes, tc.res)) and any(len(s.objects) == 2 for s in scenes)
@@ -297,6 +297,25 @@ def test_pretrain_all_labels_every_object():
     for s, sh, co in zip(scenes, shape, color):
         assert {tw.ALL_SHAPES[i] for i in sh.nonzero().flatten().tolist()} == {o.shape for o in s.objects}
         assert {list(tw.COLORS)[i] for i in co.nonzero().flatten().tolist()} == {o.color for o in s.objects}
+
+
+def test_pretrain_all_color_keeps_shape_on_one_object_scenes(monkeypatch):
+    """--pretrain-all color: the colour head learns from every scene of the batch, the shape head from its
+    one-object scenes only (their rows, with their one-hot targets)."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit import toyworld as tw
+    from minedit.clip import CLIP, CLIPConfig
+    tc = train_clip.TrainConfig(pretrain_steps=1, batch_size=32, bf16=False, pretrain_all="color")
+    x, shape, color = train_clip.pretrain_batch(0, tc)
+    one = torch.tensor([len(tw.sample_scene(tc.seed + 3, "train", i).objects) == 1 for i in range(32)])
+    assert 0 < one.sum() < 32
+    seen, ce = [], torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda logits, y: seen.append(y) or ce(logits, y))
+    model = CLIP(CLIPConfig(vision_layers=1, vision_width=64, image_resolution=32, transformer_layers=1,
+                            transformer_width=64, transformer_heads=1, embed_dim=32))
+    train_clip.pretrain(model, tc, "cpu")
+    assert torch.equal(seen[0], shape[one]) and torch.equal(seen[1], color)
 
 
 def test_pretrain_teaches_the_image_tower_only(monkeypatch):
