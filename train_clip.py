@@ -69,6 +69,7 @@ class TrainConfig:
 
 
 EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style", "swap")  # what --edits may name
+PRETRAIN_HEADS = ("shape", "color")  # the warm-up's classifiers, in pretrain_batch's label order
 
 
 def image_side(name):
@@ -181,6 +182,7 @@ def pretrain(model, tc, device):
     training alone sits at a saddle where neither tower separates shapes (README, "CLIP"); an image tower
     that already does gives the text tower something to align with. Returns the heads (train_clip drops them)."""
     heads = torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in (len(tw.ALL_SHAPES), len(tw.COLORS))]).to(device)
+    one_object_only = set(PRETRAIN_HEADS) - set(tc.pretrain_all.split(",")) if tc.pretrain_all else set()
     params = list(model.visual.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     pbar = tqdm(range(tc.pretrain_steps), desc="clip pretrain (image tower)", mininterval=2)
@@ -192,11 +194,12 @@ def pretrain(model, tc, device):
         with autocast(device, tc.bf16):
             z = model.encode_image(x).float()
             losses = []
-            for head, y, name in zip(heads, labels, ("shape", "color")):
-                keep = torch.ones(len(y), dtype=torch.bool)
-                if tc.pretrain_all and name not in tc.pretrain_all.split(","):
-                    keep = y.max(1).values == 1  # one object: the whole target on one class
-                losses.append(F.cross_entropy(head(z[keep.to(device)]), y[keep].to(device)))
+            for head, y, name in zip(heads, labels, PRETRAIN_HEADS):
+                zh = z
+                if name in one_object_only:  # one object: the whole target on one class
+                    keep = y.max(1).values == 1
+                    zh, y = z[keep.to(device)], y[keep]
+                losses.append(F.cross_entropy(head(zh), y.to(device)))
         opt.zero_grad(set_to_none=True)
         sum(losses).backward()
         opt.step()
@@ -229,7 +232,7 @@ def main():
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
     args = vars(p.parse_args())
-    if args["pretrain_all"] and not set(args["pretrain_all"].split(",")) <= {"shape", "color"}:
+    if args["pretrain_all"] and not set(args["pretrain_all"].split(",")) <= set(PRETRAIN_HEADS):
         p.error(f"--pretrain-all {args['pretrain_all']!r}: name the warm-up heads that see two-object scenes, "
                 "shape,color or color or shape")
 
