@@ -6,11 +6,11 @@ Train a UNet of minedit/unet.py, for one of two tasks:
 --task instruct: the instruction-editing model (Brooks et al. 2023, InstructPix2Pix): the source image
     is concatenated to x_t (6 input channels), the instruction enters as its CLIP text embedding (in the
     decoder's embedding slot) and its token states (cross-attention), and text / image / both are dropped
-    5% of the time each for two-condition guidance. By default it trains from scratch and diffuses the
-    change (target - source) / 2 rather than the target (measured better here, see the README; larger
-    --residual-scale values were measured too);
-    --init checkpoints/decoder.pt --no-residual is the paper's recipe (new input channels zero-initialized).
-    It differs from the decoder's defaults in one: warmup 100.
+    5% of the time each for two-condition guidance. As InstructPix2Pix, it starts from the shipped decoder
+    (checkpoints/decoder.pt, when that was trained on the --clip given), its new input channels
+    zero-initialized; --init none trains from scratch. Unlike the paper, it diffuses the change
+    (target - source) / 2 rather than the target (measured better here, see the README; --no-residual
+    is the paper's choice). It differs from the decoder's defaults in one: warmup 100.
 
 CLIP features come from a frozen CLIP and are computed once and cached (.cache/).
 
@@ -34,7 +34,7 @@ from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
 from minedit.pipeline import instruct_bound, instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
-from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_image_atomic, seed_everything, to_image
+from minedit.utils import CHECKPOINTS, file_hash, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
 
 
 @dataclass
@@ -106,23 +106,43 @@ def change_weights(source, target, w):
 
 
 def init_from_decoder(unet, decoder_ckpt):
-    """InstructPix2Pix's initialization from a decoder checkpoint (dict): every weight whose shape matches;
-    the input conv's extra channels start at zero, so at step 0 the model is the decoder, blind to the source."""
-    sd = {k: v.float() for k, v in decoder_ckpt["model"].items()}
+    """InstructPix2Pix's initialization from a decoder checkpoint (dict): every weight the two share; the
+    input conv's extra channels start at zero, so at step 0 the model is the decoder, blind to the source.
+    Weights only one of them has (the instruct model's token-state projection, a decoder embedding the
+    instruct model does not use) are left alone; a shared name with another shape is a ValueError.
+    Returns the names loaded."""
     own = unet.state_dict()
     loaded = []
-    for k, v in sd.items():
+    for k, v in decoder_ckpt["model"].items():
         if k not in own:
             continue
+        v = v.float()
         if own[k].shape == v.shape:
             own[k] = v
-        elif own[k].dim() == 4 and own[k].shape[1] > v.shape[1] and own[k].shape[0] == v.shape[0]:
+        elif k == "input_blocks.0.0.weight" and own[k].shape[0] == v.shape[0] and own[k].shape[1] > v.shape[1] \
+                and own[k].shape[2:] == v.shape[2:]:
             own[k] = torch.cat([v, v.new_zeros(v.shape[0], own[k].shape[1] - v.shape[1], *v.shape[2:])], dim=1)
         else:
-            continue
+            raise ValueError(f"its UNet differs from this one: {k} is {tuple(v.shape)}, here {tuple(own[k].shape)}")
         loaded.append(k)
     unet.load_state_dict(own, strict=True)
     return loaded
+
+
+def default_init(clip_tag):
+    """--task instruct without --init: the shipped decoder, if it exists and was trained on this CLIP."""
+    path = CHECKPOINTS / "decoder.pt"
+    if not path.exists():
+        return None
+    try:
+        trained_on = load_checkpoint(path, kind="decoder").get("clip_sha256_16")
+    except Exception:  # a broken shipped file: say so, and train from scratch
+        print(f"{path} does not load; the instruct model trains from scratch")
+        return None
+    if trained_on != clip_tag:
+        print(f"{path} was trained on another CLIP; the instruct model trains from scratch (--init FILE names a decoder)")
+        return None
+    return str(path)
 
 
 def main():
@@ -130,8 +150,9 @@ def main():
     training.add_dataclass_flags(p, TrainConfig, UNetConfig)
     p.add_argument("--clip", default=str(CHECKPOINTS / "clip.pt"), help="CLIP weights that clip.load reads (default: %(default)s)")
     p.add_argument("--data", default=None, help="decoder: a folder of images to train on instead of the toy world")
-    p.add_argument("--init", default=None, help="instruct: start from this decoder, new input channels zero-initialized, as InstructPix2Pix "
-                        "(default: from scratch, which trains faster here; see the README)")
+    p.add_argument("--init", default=None, help="instruct: start from this decoder checkpoint, new input channels zero-initialized, "
+                        "as InstructPix2Pix; 'none' trains from scratch (default: checkpoints/decoder.pt when it was "
+                        "trained on --clip, else from scratch)")
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<task>.pt)")
     p.add_argument("--samples", default=None, help="folder for sample grids (default: runs/<task>)")
     p.add_argument("--resume", default=None, help="continue from this checkpoint")
@@ -147,6 +168,12 @@ def main():
         training.fail(f"--text-cond {args['text_cond']}: must be both, emb or states")
     training.check_paths(args, "clip", "data")
     ckpt = training.checkpoint_arg(args, "resume", task)
+    if args["init"] and task != "instruct":
+        training.fail("--init: only for --task instruct")
+    if args["init"] == "none":
+        args["init"] = None
+    elif not args["init"] and task == "instruct" and not ckpt:
+        args["init"] = default_init(file_hash(args["clip"]))
     init = training.checkpoint_arg(args, "init", "decoder")
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
     training.check_out(out)
@@ -196,7 +223,10 @@ def main():
 
     unet = UNet(mc).to(device)
     if task == "instruct" and not ckpt and init:
-        n = len(init_from_decoder(unet, init))
+        try:
+            n = len(init_from_decoder(unet, init))
+        except ValueError as e:
+            training.fail(f"--init {args['init']}: {e} (pass --init none, or the decoder's architecture flags)")
         if rank == 0:
             print(f"initialized {n} of {len(unet.state_dict())} tensors from {args['init']}")
     diffusion = GaussianDiffusion(tc.timesteps, tc.schedule, tc.prediction).to(device)
@@ -240,6 +270,8 @@ def main():
         meta["clip_sha256_16"] = clip_tag
     else:  # the instruct model reads CLIP text only: it records the text tower it was trained with
         meta["clip_text_sha256_16"] = text_tower_hash(training._load_clip(args["clip"])[0])
+        if init:
+            meta["init_sha256_16"] = file_hash(args["init"])
     training.fit(unet, decoder_loss if task == "decoder" else instruct_loss, tc, device, rank, world, ckpt, out,
                  meta, task, samples)
     if world > 1:

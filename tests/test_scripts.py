@@ -1,5 +1,6 @@
 """Smoke tests: each training script runs end to end on a tiny config, resumes, and fails cleanly on bad input."""
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -172,6 +173,28 @@ def test_train_instruct_defaults_from_scratch_residual_and_token_states_only(tin
              "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--text-cond" in r.stderr
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_train_instruct_starts_from_the_shipped_decoder_by_default(tmp_path):
+    from minedit.utils import file_hash
+    script, dec = os.path.join(ROOT, "train_decoder.py"), os.path.join(ROOT, "checkpoints", "decoder.pt")
+    common = [script, "--task", "instruct", "--steps", "1", "--n-images", "8", "--batch-size", "2",
+              "--sample-every", "0", "--save-every", "0"]
+    r = run([*common, "--out", str(tmp_path / "ins.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"initialized (\d+) of (\d+) tensors from (\S+)", r.stdout)
+    # everything but the token-state projection (weight, bias), which the decoder does not have
+    assert m and int(m[1]) == int(m[2]) - 2 and m[3] == dec, r.stdout
+    assert torch.load(tmp_path / "ins.pt", weights_only=True)["init_sha256_16"] == file_hash(dec)
+    r = run([*common, "--init", "none", "--out", str(tmp_path / "scratch.pt")], tmp_path)
+    assert r.returncode == 0 and "initialized" not in r.stdout, r.stderr
+    assert "init_sha256_16" not in torch.load(tmp_path / "scratch.pt", weights_only=True)
+    # another architecture than the decoder's cannot start from it: one line, exit 2, nothing written
+    r = run([*common, "--model-channels", "32", "--out", str(tmp_path / "bad.pt")], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--init" in r.stderr and "differs" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.pt").exists()
+    r = run([script, "--init", dec, "--out", str(tmp_path / "bad.pt")], tmp_path)  # a decoder has no --init
+    assert r.returncode == 2 and "--init" in r.stderr and not (tmp_path / "bad.pt").exists()
 
 
 def test_init_from_decoder_zero_inits_the_new_channels():
