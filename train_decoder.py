@@ -108,14 +108,16 @@ def change_weights(source, target, w):
 def init_from_decoder(unet, decoder_ckpt):
     """InstructPix2Pix's initialization from a decoder checkpoint (dict): every weight the two share; the
     input conv's extra channels start at zero, so at step 0 the model is the decoder, blind to the source.
-    Weights only one of them has (the instruct model's token-state projection, a decoder embedding the
-    instruct model does not use) are left alone; a shared name with another shape is a ValueError.
-    Returns the names loaded."""
+    The instruct model's token-state projection starts fresh, and the decoder's embedding slot is
+    dropped when the instruct model has none (--text-cond states); any other weight the instruct model
+    lacks, or has in another shape, means another architecture: a ValueError. Returns the names loaded."""
     own = unet.state_dict()
     loaded = []
     for k, v in decoder_ckpt["model"].items():
         if k not in own:
-            continue
+            if k.startswith(("emb_proj.", "emb_tokens.", "null_emb")) and "null_emb" not in own:
+                continue
+            raise ValueError(f"its UNet differs from this one: {k} is not in it")
         v = v.float()
         if own[k].shape == v.shape:
             own[k] = v

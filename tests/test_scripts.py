@@ -207,6 +207,12 @@ def test_init_from_decoder_zero_inits_the_new_channels():
     w = ins.state_dict()["input_blocks.0.0.weight"]
     assert torch.equal(w[:, :3], dec.state_dict()["input_blocks.0.0.weight"]) and w[:, 3:].abs().max() == 0
     assert "input_blocks.0.0.weight" in loaded and not any(k.startswith("context_proj") for k in loaded)
+    assert len(loaded) == len(dec.state_dict())  # every decoder weight found its place
+    states_only = UNet(UNetConfig(model_channels=16, head_channels=16, cond_width=16, in_channels=6, context_dim=12))
+    assert not any(k.startswith("emb_") for k in init_from_decoder(states_only, {"model": dec.state_dict()}))
+    at_64 = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16, in_channels=6, image_size=64))
+    with pytest.raises(ValueError, match="differs"):  # attention at other levels: another architecture
+        init_from_decoder(at_64, {"model": dec.state_dict()})
 
 
 def test_change_weights_favour_changed_pixels_and_average_one():
