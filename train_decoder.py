@@ -34,7 +34,7 @@ from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
 from minedit.pipeline import instruct_bound, instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
-from minedit.utils import CHECKPOINTS, file_hash, image_grid, load_checkpoint, save_image_atomic, seed_everything, to_image
+from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_image_atomic, seed_everything, to_image
 
 
 @dataclass
@@ -116,7 +116,7 @@ def init_from_decoder(unet, decoder_ckpt):
     loaded = []
     for k, v in decoder_ckpt["model"].items():
         if k not in own:
-            if k.startswith(("emb_proj.", "emb_tokens.", "null_emb")) and "null_emb" not in own:
+            if not unet.config.embed_dim and k.startswith(("emb_proj.", "emb_tokens.", "null_emb")):
                 continue
             raise ValueError(f"its UNet differs from this one: {k} is not in it")
         v = v.float()
@@ -130,22 +130,6 @@ def init_from_decoder(unet, decoder_ckpt):
         loaded.append(k)
     unet.load_state_dict(own, strict=True)
     return loaded
-
-
-def default_init(clip_tag):
-    """--task instruct without --init: the shipped decoder, if it exists and was trained on this CLIP."""
-    path = CHECKPOINTS / "decoder.pt"
-    if not path.exists():
-        return None
-    try:
-        trained_on = load_checkpoint(path, kind="decoder").get("clip_sha256_16")
-    except Exception:  # a broken shipped file: say so, and train from scratch
-        print(f"{path} does not load; the instruct model trains from scratch")
-        return None
-    if trained_on != clip_tag:
-        print(f"{path} was trained on another CLIP; the instruct model trains from scratch (--init FILE names a decoder)")
-        return None
-    return str(path)
 
 
 def main():
@@ -171,13 +155,18 @@ def main():
         training.fail(f"--text-cond {args['text_cond']}: must be both, emb or states")
     training.check_paths(args, "clip", "data")
     ckpt = training.checkpoint_arg(args, "resume", task)
+    clip_tag = file_hash(args["clip"])
     if args["init"] and task != "instruct":
         training.fail("--init: only for --task instruct")
-    if args["init"] == "none":
+    implicit = not args["init"] and task == "instruct" and not ckpt and (CHECKPOINTS / "decoder.pt").exists()
+    if implicit:
+        args["init"] = str(CHECKPOINTS / "decoder.pt")
+    elif args["init"] == "none":
         args["init"] = None
-    elif not args["init"] and task == "instruct" and not ckpt:
-        args["init"] = default_init(file_hash(args["clip"]))
     init = training.checkpoint_arg(args, "init", "decoder")
+    if implicit and init.get("clip_sha256_16") != clip_tag:  # the default start needs a decoder of this CLIP
+        print(f"{args['init']} was trained on another CLIP; the instruct model trains from scratch (--init FILE names a decoder)")
+        init = args["init"] = None
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
     training.check_out(out)
     sample_dir = args["samples"] or f"runs/{task}"
@@ -199,7 +188,6 @@ def main():
         mc.residual = task == "instruct" and not args["no_residual"]
 
     # data, as uint8 arrays and CLIP features computed once and cached
-    clip_tag = file_hash(args["clip"])
     if task == "decoder":
         if args["data"]:
             try:
