@@ -159,7 +159,12 @@ def fit(net, loss_fn, tc, device, rank, world, ckpt, out, meta, desc, callback=N
     return ema
 
 
-POSITIVE = {"steps", "batch_size", "lr"}  # fields that must be > 0; every other number must be >= 0
+# fields that must be > 0 (a count, a size or a divisor; 0 crashed deep inside the model); every other number >= 0
+POSITIVE = {"steps", "batch_size", "lr", "n_images", "timesteps", "res",
+            "in_channels", "out_channels", "model_channels", "head_channels", "embed_tokens", "cond_width",  # UNet
+            "width", "heads",  # prior
+            "image_resolution", "vision_width", "vision_patch_size", "context_length", "vocab_size",  # CLIP
+            "transformer_width", "transformer_heads", "transformer_layers"}
 
 
 def _number(kind, name):
@@ -174,7 +179,7 @@ def _number(kind, name):
 
 def add_dataclass_flags(parser, *classes):
     """--kebab-case flags for every int/float/str/bool field (tuples are set in code); numbers are
-    checked (>= 0, and > 0 for steps, batch size and lr)."""
+    checked (>= 0, and > 0 for the fields in POSITIVE)."""
     for cls in classes:
         for f in fields(cls):
             if f.type in (int, float, str, "int", "float", "str"):

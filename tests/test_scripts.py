@@ -294,6 +294,15 @@ def test_unwritable_out_and_bad_numbers_fail_before_any_work(cmd, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("script,flag", [("train_decoder.py", "--head-channels"), ("train_decoder.py", "--timesteps"),
+                                         ("train_decoder.py", "--n-images"), ("train_prior.py", "--heads"),
+                                         ("train_clip.py", "--transformer-width"), ("train_clip.py", "--vision-patch-size")])
+def test_zero_sizes_fail_in_one_line(script, flag, tmp_path):
+    r = run([os.path.join(ROOT, script), flag, "0", "--out", str(tmp_path / "x.pt")], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and flag in r.stderr and "> 0" in r.stderr, r.stderr[-300:]
+    assert os.listdir(tmp_path) == []
+
+
 def test_bad_vision_layers_and_edits_fail_cleanly(tmp_path):
     for flag, bad in (("--vision-layers", "1,2"), ("--vision-layers", "0"), ("--vision-layers", "a,b,c,d"),
                       ("--edits", "reshape,noop")):
