@@ -194,23 +194,29 @@ def main():
                 _, pils, images = training.folder_images(args["data"], res)
             except ValueError as e:
                 training.fail(f"--data {args['data']}: {e}")
-            emb = training.clip_image_embeddings(args["clip"], pils)
+            emb = training.clip_image_embeddings(args["clip"], pils, device=device)
         else:
-            images, _, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res)
+            images, _, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res, device=device)
         mc.embed_dim, mc.image_size = emb.shape[1], images.shape[1]
         x_all = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
         what = f"{len(x_all)} images"
     else:
         data = tw.EditDataset("train", n=tc.n_images, seed=tc.seed, res=res, cache=".cache")
         pairs = torch.from_numpy(data.images)  # uint8 (N, 2, H, W, 3): source, target
-        instructions = [data.edit(i).instruction for i in range(len(data))]
-        text = training.clip_text_features(args["clip"], instructions,
-                                           f".cache/clip-instr-{clip_tag}-train-n{tc.n_images}-seed{tc.seed}.pt")
+        cache = f".cache/clip-instr-{clip_tag}-train-n{tc.n_images}-seed{tc.seed}.pt"
+        instructions = [] if os.path.exists(cache) else [data.edit(i).instruction for i in range(len(data))]
+        text = training.clip_text_features(args["clip"], instructions, cache, device=device)
         mc.embed_dim, mc.context_dim, mc.image_size = text["emb"].shape[1], text["states"].shape[2], res
         mc.embed_dim = 0 if tc.text_cond == "states" else mc.embed_dim
         mc.context_dim = 0 if tc.text_cond == "emb" else mc.context_dim
         x_all = pairs.permute(0, 1, 4, 2, 3)  # uint8 (N, 2, 3, H, W)
         what = f"{len(x_all)} edit triplets"
+    if device.type == "cuda":  # the whole training set lives on the GPU: no copies per step
+        x_all = x_all.to(device)
+        if task == "decoder":
+            emb = emb.to(device)
+        else:
+            text = {k: v.to(device) for k, v in text.items()}
 
     unet = UNet(mc).to(device)
     if task == "instruct" and not ckpt and init:
@@ -226,14 +232,14 @@ def main():
               f"{res}x{res}; {world} process(es) on {device}; seed {tc.seed}; steps {ckpt['step'] if ckpt else 0} -> {tc.steps}")
 
     def decoder_loss(model, step, g):
-        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g)
+        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(x_all.device)
         x0 = (x_all[idx].float() / 127.5 - 1).to(device)
         drop = (torch.rand(tc.batch_size, generator=g) < tc.p_uncond).to(device)
         return diffusion.training_losses(model, x0, model_kwargs={"emb": emb[idx].to(device), "drop_emb": drop},
                                          generator=g, snr_gamma=tc.snr_gamma).mean()
 
     def instruct_loss(model, step, g):
-        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g)
+        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(x_all.device)
         x = (x_all[idx].float() / 127.5 - 1).to(device)  # (B, 2, 3, H, W)
         m = condition_dropout(tc.batch_size, tc.p_text, tc.p_image, tc.p_both, g, device)
         kw = instruct_kwargs(x[:, 0], text["emb"][idx].to(device), text["states"][idx].float().to(device),
@@ -250,9 +256,9 @@ def main():
         os.makedirs(sample_dir, exist_ok=True)
         path = os.path.join(sample_dir, f"step{step + 1:06d}.png")
         if task == "decoder":
-            sample_grid(shadow.eval(), diffusion.cpu(), emb[:8], images[:8], tc.guidance, path)
+            sample_grid(shadow.eval(), diffusion.cpu(), emb[:8].cpu(), images[:8], tc.guidance, path)
         else:
-            instruct_grid(shadow.eval(), diffusion.cpu(), pairs[:8], {k: v[:8] for k, v in text.items()},
+            instruct_grid(shadow.eval(), diffusion.cpu(), pairs[:8], {k: v[:8].cpu() for k, v in text.items()},
                           tc.cfg_image, tc.cfg_text, path)
         diffusion.to(device)
 

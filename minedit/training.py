@@ -129,12 +129,14 @@ def fit(net, loss_fn, tc, device, rank, world, ckpt, out, meta, desc, callback=N
     def save(step, final):
         if rank != 0:
             return
-        state = {**meta, "train_config": asdict(tc), "step": step, "model": {k: v.half() for k, v in ema.shadow.items()}}
+        state = {**meta, "train_config": asdict(tc), "step": step,
+                 "model": {k: v.half().cpu() for k, v in ema.shadow.items()}}
         if not final:
             state["raw_model"], state["optimizer"] = net.state_dict(), opt.state_dict()
         save_checkpoint(state, out)
 
     g = torch.Generator().manual_seed(tc.seed * 1000 + rank)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick its fastest kernels
     t0, seen = time.time(), 0
     pbar = tqdm(range(start, tc.steps), desc=desc, mininterval=2, disable=rank != 0)
     for step in pbar:
@@ -213,19 +215,21 @@ def folder_images(folder, res):
 
 
 @torch.no_grad()
-def clip_image_embeddings(clip_path, images, cache=None, batch_size=256):
-    """CLIP image embeddings (N, E), fp32, unit-normalized, of PIL images (CLIP's preprocessing) or of a
-    uint8 array (N, H, W, 3) (resized as `clip.normalize` does); cached in `cache` if given."""
+def clip_image_embeddings(clip_path, images, cache=None, batch_size=256, device="cpu"):
+    """CLIP image embeddings (N, E), fp32 on the CPU, unit-normalized, of PIL images (CLIP's
+    preprocessing) or of a uint8 array (N, H, W, 3) (resized as `clip.normalize` does), computed on
+    `device`; cached in `cache` if given."""
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
     model, preprocess = _load_clip(clip_path)
+    model.to(device)
     out = []
     for i in range(0, len(images), batch_size):
         if isinstance(images, np.ndarray):
-            x = clip_normalize(from_image(images[i:i + batch_size]), model.config.image_resolution)
+            x = clip_normalize(from_image(images[i:i + batch_size]).to(device), model.config.image_resolution)
         else:
-            x = torch.stack([preprocess(p) for p in images[i:i + batch_size]])
-        out.append(torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1))
+            x = torch.stack([preprocess(p) for p in images[i:i + batch_size]]).to(device)
+        out.append(torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1).cpu())
     emb = torch.cat(out)
     if cache is not None:
         from minedit.utils import atomic_path
@@ -235,24 +239,26 @@ def clip_image_embeddings(clip_path, images, cache=None, batch_size=256):
     return emb
 
 
-def toy_training_set(clip_path, n, seed, res, cache_dir=".cache"):
+def toy_training_set(clip_path, n, seed, res, cache_dir=".cache", device="cpu"):
     """uint8 images (n, res, res, 3) of train scenes, their scenes, and CLIP image embeddings (n, E)."""
     data = tw.SceneDataset("train", n=n, seed=seed, res=res, cache=cache_dir)
     tag = f"{file_hash(clip_path)}-train-n{n}-seed{seed}-{res}px"
-    emb = clip_image_embeddings(clip_path, data.images, os.path.join(cache_dir, f"clip-emb-{tag}.pt"))
+    emb = clip_image_embeddings(clip_path, data.images, os.path.join(cache_dir, f"clip-emb-{tag}.pt"), device=device)
     return data.images, data, emb
 
 
 @torch.no_grad()
-def clip_text_features(clip_path, texts, cache=None, batch_size=512):
-    """CLIP text features of a list of strings (pipeline.encode_texts, batched): unit-norm embeddings
-    (N, E) fp32, final token states (N, T, W) fp16 and their mask (N, T) bool, T the longest text's
-    length; cached in `cache` if given."""
+def clip_text_features(clip_path, texts, cache=None, batch_size=512, device="cpu"):
+    """CLIP text features of a list of strings (pipeline.encode_texts, batched, on `device`), on the
+    CPU: unit-norm embeddings (N, E) fp32, final token states (N, T, W) fp16 and their mask (N, T) bool,
+    T the longest text's length; cached in `cache` if given."""
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
     from minedit.pipeline import encode_texts
     model, _ = _load_clip(clip_path)
-    parts = [encode_texts(model, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    model.to(device)
+    parts = [{k: v.cpu() for k, v in encode_texts(model, texts[i:i + batch_size]).items()}
+             for i in range(0, len(texts), batch_size)]
     T = max(p["states"].shape[1] for p in parts)
     pad = lambda x: F.pad(x, (0, 0, 0, T - x.shape[1])) if x.dim() == 3 else F.pad(x, (0, T - x.shape[1]))
     feats = {"emb": torch.cat([p["emb"] for p in parts]),
