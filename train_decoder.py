@@ -12,10 +12,14 @@ Train a UNet of minedit/unet.py, for one of two tasks:
     (target - source) / 2 rather than the target (measured better here, see the README; --no-residual
     is the paper's choice). It differs from the decoder's defaults in two: warmup 100, lr 2e-3.
 
-CLIP features come from a frozen CLIP and are computed once and cached (.cache/).
+CLIP features come from a frozen CLIP and are computed once and cached (.cache/). On a GPU the training
+set and its features live on the device. The defaults are the CPU recipes (about 20-30 min on 2 cores);
+the shipped decoder.pt and instruct.pt are the same recipes scaled up on one H100 (checkpoints/README.md).
 
-    python train_decoder.py                                  # the shipped checkpoints/decoder.pt, toy world, CPU
-    python train_decoder.py --task instruct                  # the shipped checkpoints/instruct.pt
+    python train_decoder.py                                  # the decoder, toy world, CPU recipe (~100k images)
+    python train_decoder.py --task instruct                  # the instruct model, CPU recipe (~100k triplets)
+    python train_decoder.py --n-images 200000 --batch-size 512 --lr 2e-3 --warmup 500 --ema-decay 0.999 \
+        --steps 2800                                         # the shipped decoder.pt (3 min on an H100)
     python train_decoder.py --steps 100 --out /tmp/dec.pt    # a quick run
     python train_decoder.py --data my_photos/ --clip ViT-B-32.pt --image-size 64 --device cuda
     torchrun --nproc_per_node 2 train_decoder.py ...         # DistributedDataParallel (gloo on CPU, nccl on GPU)
@@ -269,6 +273,8 @@ def main():
         meta["clip_text_sha256_16"] = text_tower_hash(training._load_clip(args["clip"])[0])
         if init:
             meta["init_sha256_16"] = file_hash(args["init"])
+        elif ckpt and "init_sha256_16" in ckpt:  # a resumed run keeps its start
+            meta["init_sha256_16"] = ckpt["init_sha256_16"]
     training.fit(unet, decoder_loss if task == "decoder" else instruct_loss, tc, device, rank, world, ckpt, out,
                  meta, task, samples)
     if world > 1:

@@ -120,7 +120,7 @@ def fit(net, loss_fn, tc, device, rank, world, ckpt, out, meta, desc, callback=N
         start = ckpt["step"]
     ema = EMA(net, tc.ema_decay)
     if ckpt:
-        ema.shadow = {k: v.float().clone() for k, v in ckpt["model"].items()}
+        ema.shadow = {k: v.float().to(device) for k, v in ckpt["model"].items()}
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     if ckpt and "optimizer" in ckpt:

@@ -156,7 +156,8 @@ def test_train_instruct_from_a_decoder_and_resume(tiny_clip, tmp_path):
     r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--resume", str(out), "--clip", str(tiny_clip),
              "--steps", "3", *TINY_UNET, "--out", str(tmp_path / "ins2.pt")], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert torch.load(tmp_path / "ins2.pt", weights_only=True)["step"] == 3
+    resumed = torch.load(tmp_path / "ins2.pt", weights_only=True)
+    assert resumed["step"] == 3 and resumed["init_sha256_16"] == ck["init_sha256_16"]  # a resumed run keeps its start
     assert d["input_blocks.0.0.weight"].shape[1] == 3
 
 
