@@ -207,20 +207,19 @@ def main():
     else:
         data = tw.EditDataset("train", n=tc.n_images, seed=tc.seed, res=res, cache=".cache")
         pairs = torch.from_numpy(data.images)  # uint8 (N, 2, H, W, 3): source, target
-        cache = f".cache/clip-instr-{clip_tag}-train-n{tc.n_images}-seed{tc.seed}.pt"
-        instructions = [] if os.path.exists(cache) else [data.edit(i).instruction for i in range(len(data))]
-        text = training.clip_text_features(args["clip"], instructions, cache, device=device)
+        text = training.clip_text_features(args["clip"], lambda: [data.edit(i).instruction for i in range(len(data))],
+                                           f".cache/clip-instr-{clip_tag}-train-n{tc.n_images}-seed{tc.seed}.pt", device=device)
         mc.embed_dim, mc.context_dim, mc.image_size = text["emb"].shape[1], text["states"].shape[2], res
         mc.embed_dim = 0 if tc.text_cond == "states" else mc.embed_dim
         mc.context_dim = 0 if tc.text_cond == "emb" else mc.context_dim
         x_all = pairs.permute(0, 1, 4, 2, 3)  # uint8 (N, 2, 3, H, W)
         what = f"{len(x_all)} edit triplets"
-    if device.type == "cuda":  # the whole training set lives on the GPU: no copies per step
-        x_all = x_all.to(device)
-        if task == "decoder":
-            emb = emb.to(device)
-        else:
-            text = {k: v.to(device) for k, v in text.items()}
+    # the whole training set lives on the training device (on a GPU: no host copies per step)
+    x_all = x_all.to(device)
+    if task == "decoder":
+        emb = emb.to(device)
+    else:
+        text = {k: v.to(device) for k, v in text.items()}
 
     unet = UNet(mc).to(device)
     if task == "instruct" and not ckpt and init:
@@ -236,18 +235,18 @@ def main():
               f"{res}x{res}; {world} process(es) on {device}; seed {tc.seed}; steps {ckpt['step'] if ckpt else 0} -> {tc.steps}")
 
     def decoder_loss(model, step, g):
-        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(x_all.device)
-        x0 = (x_all[idx].float() / 127.5 - 1).to(device)
+        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)
+        x0 = x_all[idx].float() / 127.5 - 1
         drop = (torch.rand(tc.batch_size, generator=g) < tc.p_uncond).to(device)
-        return diffusion.training_losses(model, x0, model_kwargs={"emb": emb[idx].to(device), "drop_emb": drop},
+        return diffusion.training_losses(model, x0, model_kwargs={"emb": emb[idx], "drop_emb": drop},
                                          generator=g, snr_gamma=tc.snr_gamma).mean()
 
     def instruct_loss(model, step, g):
-        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(x_all.device)
-        x = (x_all[idx].float() / 127.5 - 1).to(device)  # (B, 2, 3, H, W)
+        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)
+        x = x_all[idx].float() / 127.5 - 1  # (B, 2, 3, H, W)
         m = condition_dropout(tc.batch_size, tc.p_text, tc.p_image, tc.p_both, g, device)
-        kw = instruct_kwargs(x[:, 0], text["emb"][idx].to(device), text["states"][idx].float().to(device),
-                             text["mask"][idx].to(device), m["drop_image"], m["drop_text"])
+        kw = instruct_kwargs(x[:, 0], text["emb"][idx], text["states"][idx].float(), text["mask"][idx],
+                             m["drop_image"], m["drop_text"])
         x0 = instruct_variable(unet, x[:, 0], x[:, 1])
         return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma,
                                          weight=change_weights(x[:, 0], x[:, 1], tc.change_weight)).mean()

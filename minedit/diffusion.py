@@ -191,15 +191,15 @@ class GaussianDiffusion(nn.Module):
             t = torch.full((x.shape[0],), ts[i], device=x.device, dtype=torch.long)
             t_prev = torch.full_like(t, ts[i - 1] if i > 0 else -1)
             a, a_prev = self._alpha(t, x), self._alpha(t_prev, x)
-            xt, out, least = x, x, None
+            xt, out = x, x
+            least = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
             for _ in range(1 + fixed_point_iters):
                 _, eps = self.split_prediction(model(xt, t, **(model_kwargs or {})), xt, t)
                 # invert x_prev = sqrt(a_prev) x0(x_t, eps) + sqrt(1 - a_prev) eps for x_t
                 nxt = (a / a_prev).sqrt() * (x - (1 - a_prev).sqrt() * eps) + (1 - a).sqrt() * eps
                 moved = (nxt - xt).flatten(1).abs().amax(1)  # proportional to how far DDIM from xt misses x
-                better = moved < least if least is not None else torch.ones_like(moved, dtype=torch.bool)
-                out = torch.where(better.view(-1, *[1] * (x.dim() - 1)), nxt, out)
-                least = moved if least is None else torch.minimum(least, moved)
+                out = torch.where((moved < least).view(-1, *[1] * (x.dim() - 1)), nxt, out)
+                least = torch.minimum(least, moved)
                 if moved.max() <= tol:
                     break
                 xt = nxt

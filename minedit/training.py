@@ -120,7 +120,7 @@ def fit(net, loss_fn, tc, device, rank, world, ckpt, out, meta, desc, callback=N
         start = ckpt["step"]
     ema = EMA(net, tc.ema_decay)
     if ckpt:
-        ema.shadow = {k: v.float().to(device) for k, v in ckpt["model"].items()}
+        ema.shadow = {k: v.to(device, torch.float32, copy=True) for k, v in ckpt["model"].items()}
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     if ckpt and "optimizer" in ckpt:
@@ -249,11 +249,12 @@ def toy_training_set(clip_path, n, seed, res, cache_dir=".cache", device="cpu"):
 
 @torch.no_grad()
 def clip_text_features(clip_path, texts, cache=None, batch_size=512, device="cpu"):
-    """CLIP text features of a list of strings (pipeline.encode_texts, batched, on `device`), on the
+    """CLIP text features of a list of strings, or of a function returning one (pipeline.encode_texts, batched, on `device`), on the
     CPU: unit-norm embeddings (N, E) fp32, final token states (N, T, W) fp16 and their mask (N, T) bool,
     T the longest text's length; cached in `cache` if given."""
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
+    texts = texts() if callable(texts) else texts  # a callable defers building the list to a cache miss
     from minedit.pipeline import encode_texts
     model, _ = _load_clip(clip_path)
     model.to(device)
