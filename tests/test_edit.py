@@ -238,6 +238,20 @@ def test_textdiff_at_theta_zero_gives_the_input_back():
     assert psnr.min() > 30, psnr
 
 
+def test_theta_default_is_the_same_in_edit_py_the_bench_and_the_pipeline():
+    import importlib.util
+    import inspect
+    from minedit import pipeline
+    spec = importlib.util.spec_from_file_location("edit_cli", EDIT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)  # defines THETA and parse; main() runs only as a script
+    assert cli.THETA == pipeline.THETA == cli.parse(["in.png", "x"]).theta
+    bench = open(os.path.join(ROOT, "bench", "edit.py")).read()
+    assert 'p.add_argument("--theta", type=float, default=pipeline.THETA' in bench
+    for fn in (pipeline.edit_textdiff, pipeline.edit_ref):
+        assert inspect.signature(fn).parameters["theta"].default == pipeline.THETA
+
+
 def test_sdedit_samples_the_prior_with_its_own_step_count(monkeypatch):
     from minedit import pipeline
     from minedit import toyworld as tw
