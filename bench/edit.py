@@ -9,7 +9,8 @@ Metrics, per method (and per edit type for the main one):
   clip_dir: cos(CLIP(result) - CLIP(source), text(target caption) - text(source caption))
   (InstructPix2Pix's CLIP metrics, with the shipped CLIP).
 
-Methods: instruct (a small s_I x s_T grid on the first --n-grid triplets, then the defaults on all),
+Methods: instruct (a small s_I x s_T grid on the first --n-grid triplets, with success per edit type, then
+the defaults on all; the grid's default cell is reused when --n-grid is --n),
 sdedit (decoder conditioned on prior(target caption)), textdiff (target vs source caption), ref (the
 direction of another test triplet's pair with the same instruction kind and the same change).
 
@@ -145,14 +146,20 @@ ref_fallbacks = []
 result = {"split": a.split, "n": a.n, "steps": a.steps, "seed": a.seed, "methods": {}}
 all_idx = list(range(a.n))
 if "instruct" in a.methods:
+    rows = None
     if a.n_grid:
         grid = {}
         for si in a.grid_image:
             for st in a.grid_text:
-                grid[f"s_I={si:g},s_T={st:g}"] = summary(metrics(run("instruct", all_idx[:a.n_grid], s_image=si, s_text=st), all_idx[:a.n_grid]))
-                print("grid", f"s_I={si:g},s_T={st:g}", json.dumps(grid[f"s_I={si:g},s_T={st:g}"]), flush=True)
+                cell = metrics(run("instruct", all_idx[:a.n_grid], s_image=si, s_text=st), all_idx[:a.n_grid])
+                key = f"s_I={si:g},s_T={st:g}"
+                grid[key] = {**summary(cell), "success_per_kind": {k: v["success"] for k, v in per_kind(cell).items()}}
+                print("grid", key, json.dumps(grid[key]), flush=True)
+                if (si, st) == (a.cfg_image, a.cfg_text) and a.n_grid == a.n:
+                    rows = cell  # the defaults' cell covers every triplet: no second run
         result["instruct_grid"] = grid
-    rows = metrics(run("instruct", all_idx, s_image=a.cfg_image, s_text=a.cfg_text), all_idx)
+    if rows is None:
+        rows = metrics(run("instruct", all_idx, s_image=a.cfg_image, s_text=a.cfg_text), all_idx)
     result["methods"]["instruct"] = summary(rows)
     print("instruct", json.dumps(result["methods"]["instruct"]), flush=True)
     result["instruct_per_kind"] = per_kind(rows)
@@ -186,3 +193,11 @@ if "instruct_per_kind" in result:
     print("\n| edit (instruct) | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for k, s in result["instruct_per_kind"].items():
         print(f"| {k} | " + " | ".join(str(s[c]) for c in cols) + " |")
+if "instruct_grid" in result:
+    g = result["instruct_grid"]
+    print(f"\ninstruct grid on {a.n_grid} triplets: success / preservation / L1 / no-op success")
+    print("| | " + " | ".join(f"s_T {st:g}" for st in a.grid_text) + " |\n|" + "---|" * (len(a.grid_text) + 1))
+    for si in a.grid_image:
+        cells = [g[f"s_I={si:g},s_T={st:g}"] for st in a.grid_text]
+        print(f"| s_I {si:g} | " + " | ".join(
+            f"{c['success']} / {c['preservation']} / {c['l1']} / {c['success_per_kind'].get('noop', '-')}" for c in cells) + " |")
