@@ -47,7 +47,8 @@ p.add_argument("--grid-text", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0
 p.add_argument("--strength", type=float, default=0.6)
 p.add_argument("--prior-guidance", type=float, default=1.0, help="sdedit: the prior's CFG scale (default: %(default)s, as the pipeline)")
 p.add_argument("--prior-steps", type=int, default=pipeline.PRIOR_STEPS, help="sdedit: the prior's DDIM steps (default: %(default)s, as the pipeline)")
-p.add_argument("--theta", type=float, default=pipeline.THETA, help="textdiff, ref: slerp fraction (default: %(default)s, as the pipeline)")
+p.add_argument("--theta", type=float, default=pipeline.THETA,
+               help="textdiff, ref: slerp fraction (default: %(default)s, as the pipeline)")
 p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b draws from seed 1000 * SEED + b); "
                                                     "other seeds measure how much a figure moves with the noise alone")
 p.add_argument("--batch", type=int, default=100)
@@ -199,5 +200,5 @@ if "instruct_grid" in result:
     print("| | " + " | ".join(f"s_T {st:g}" for st in a.grid_text) + " |\n|" + "---|" * (len(a.grid_text) + 1))
     for si in a.grid_image:
         cells = [g[f"s_I={si:g},s_T={st:g}"] for st in a.grid_text]
-        print(f"| s_I {si:g} | " + " | ".join(
-            f"{c['success']} / {c['preservation']} / {c['l1']} / {c['success_per_kind'].get('noop', '-')}" for c in cells) + " |")
+        row = [f"{c['success']} / {c['preservation']} / {c['l1']} / {c['success_per_kind'].get('noop', '-')}" for c in cells]
+        print(f"| s_I {si:g} | " + " | ".join(row) + " |")

@@ -249,12 +249,13 @@ def toy_training_set(clip_path, n, seed, res, cache_dir=".cache", device="cpu"):
 
 @torch.no_grad()
 def clip_text_features(clip_path, texts, cache=None, batch_size=512, device="cpu"):
-    """CLIP text features of a list of strings, or of a function returning one (pipeline.encode_texts, batched, on `device`), on the
+    """CLIP text features of a list of strings (pipeline.encode_texts, batched, on `device`), on the
     CPU: unit-norm embeddings (N, E) fp32, final token states (N, T, W) fp16 and their mask (N, T) bool,
-    T the longest text's length; cached in `cache` if given."""
+    T the longest text's length; cached in `cache` if given. `texts` may be a function returning the
+    list, called only when the cache misses."""
     if cache is not None and os.path.exists(cache):
         return torch.load(cache, weights_only=True)
-    texts = texts() if callable(texts) else texts  # a callable defers building the list to a cache miss
+    texts = texts() if callable(texts) else texts
     from minedit.pipeline import encode_texts
     model, _ = _load_clip(clip_path)
     model.to(device)
