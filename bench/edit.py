@@ -36,6 +36,9 @@ p.add_argument("--split", default="test", choices=["test", "val", "train"],
                     "unseen) or train (seen in training); comparing them separates composition from fitting")
 p.add_argument("--n-grid", type=int, default=100, help="triplets for the instruct s_I x s_T grid (0: no grid)")
 p.add_argument("--n-slow", type=int, default=200, help="triplets for textdiff and ref (they invert every image)")
+p.add_argument("--per-kind", type=int, default=0,
+               help="instruct: also N triplets of every edit type at the defaults (0: none), for per-type figures "
+                    "tighter than the 30-70 of each type among --n (each with a 95%% Wilson interval)")
 p.add_argument("--methods", nargs="+", default=["instruct", "sdedit", "textdiff", "ref"])
 p.add_argument("--steps", type=int, default=20)
 p.add_argument("--cfg-image", type=float, default=1.0)
@@ -59,6 +62,8 @@ t0 = time.time()
 models = pipeline.Models(a.weights)
 reader = load_reader()
 edits = [tw.sample_edit(0, a.split, i) for i in range(a.n)]
+if "instruct" in a.methods:  # the --per-kind triplets follow the main ones: index a.n onwards
+    edits += [tw.sample_edit(0, a.split, i, kind=k) for k in tw.EDIT_KINDS for i in range(a.per_kind)]
 src = tw.render_batch([e.source for e in edits], 32)
 tgt = tw.render_batch([e.target for e in edits], 32)
 src_cap, tgt_cap = [tw.caption(e.source) for e in edits], [tw.caption(e.target) for e in edits]
@@ -104,6 +109,12 @@ def per_count(rows):
     """summary() by the source's object count: CLIP binds attributes to objects weakly (bench/clip.py),
     so two-object scenes are where embedding-based methods fail."""
     return {str(c): summary([x for x in rows if x["objects"] == c]) for c in sorted({x["objects"] for x in rows})}
+
+
+def wilson(k, n, z=1.96):
+    """95% Wilson score interval of a binomial proportion k / n."""
+    c, h = (k + z * z / 2) / (n + z * z), z * (k * (n - k) / n + z * z / 4) ** 0.5 / (n + z * z)
+    return [round(c - h, 4), round(c + h, 4)]
 
 
 def run(method, idx, **kw):
@@ -166,6 +177,11 @@ if "instruct" in a.methods:
     result["instruct_per_kind"] = per_kind(rows)
     result["instruct_by_object_count"] = per_count(rows)
     result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text, "eta": a.eta}
+    if a.per_kind:
+        idx = list(range(a.n, len(edits)))
+        rows = metrics(run("instruct", idx, s_image=a.cfg_image, s_text=a.cfg_text), idx)
+        result["instruct_per_kind_balanced"] = {
+            k: {**v, "success_95": wilson(round(v["success"] * v["n"]), v["n"])} for k, v in per_kind(rows).items()}
 for m in ("sdedit", "textdiff", "ref"):
     if m in a.methods:
         idx = all_idx if m == "sdedit" else all_idx[:a.n_slow]
@@ -194,6 +210,12 @@ if "instruct_per_kind" in result:
     print("\n| edit (instruct) | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for k, s in result["instruct_per_kind"].items():
         print(f"| {k} | " + " | ".join(str(s[c]) for c in cols) + " |")
+if "instruct_per_kind_balanced" in result:
+    print(f"\ninstruct, {a.per_kind} triplets of each edit type: success [95% interval] / preservation / L1")
+    print("| edit | success | preservation | l1 |\n|---|---|---|---|")
+    for k, s in result["instruct_per_kind_balanced"].items():
+        lo, hi = s["success_95"]
+        print(f"| {k} | {s['success']} [{lo}, {hi}] | {s['preservation']} | {s['l1']} |")
 if "instruct_grid" in result:
     g = result["instruct_grid"]
     print(f"\ninstruct grid on {a.n_grid} triplets: success / preservation / L1 / no-op success")
