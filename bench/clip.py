@@ -5,11 +5,14 @@ two-object scenes (does the embedding know which object has which colour, shape 
 
 Zero-shot: for each test scene, the caption of the true scene competes with the captions of the same
 scene with one attribute of its first object (or its style) changed; correct if the true one scores highest.
+With --paraphrases K each candidate's text embedding is the mean of its canonical caption and K paraphrases
+(the same K for every candidate of a scene): the CLIP paper's prompt ensembling.
 
     python bench/clip.py [--clip checkpoints/clip.pt]     # prints JSON
 """
 import argparse
 import json
+import random
 from dataclasses import replace
 
 import torch
@@ -47,16 +50,18 @@ def candidates(scene, attr):
     return [replace(scene, objects=(replace(o, **{attr: v}),) + others) for v in values]
 
 
-def zero_shot(model, scenes):
+def zero_shot(model, scenes, paraphrases=0):
     out = {}
     zi = embed_images(model, scenes)
     for attr in ("color", "shape", "size", "pos", "style"):
         correct = total = 0
-        for s, z in zip(scenes, zi):
+        for i, (s, z) in enumerate(zip(scenes, zi)):
             if attr == "shape" and s.objects[0].shape == tw.CONCEPT:
                 continue  # the concept has no name to classify by
             cands = candidates(s, attr)
-            zt = embed_texts(model, [tw.caption(c) for c in cands])
+            zt = embed_texts(model, [tw.caption(c, r) for c in cands  # the same paraphrases for every candidate
+                                     for r in [None] + [random.Random(f"paraphrase:{i}:{k}") for k in range(paraphrases)]])
+            zt = F.normalize(zt.view(len(cands), paraphrases + 1, -1).mean(1), dim=-1)
             correct += cands[int((zt @ z).argmax())] == s
             total += 1
         out[{"pos": "position"}.get(attr, attr)] = round(correct / total, 4)
@@ -140,11 +145,13 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--clip", default="checkpoints/clip.pt")
     p.add_argument("--n", type=int, default=1000, help="test scenes for zero-shot (default %(default)s)")
+    p.add_argument("--paraphrases", type=int, default=0,
+                   help="zero-shot: average each candidate's text embedding over K paraphrases too (default %(default)s)")
     a = p.parse_args()
     torch.set_num_threads(2)
     model, _ = load(a.clip)
     scenes = [tw.sample_scene(0, "test", i) for i in range(a.n)]
-    result = {"zero_shot_test": zero_shot(model, scenes), "n_zero_shot": a.n}
+    result = {"zero_shot_test": zero_shot(model, scenes, a.paraphrases), "n_zero_shot": a.n, "paraphrases": a.paraphrases}
     for seed in range(3):
         result[f"retrieval_100_seed{seed}"] = retrieval(model, [tw.sample_scene(100 + seed, "test", i) for i in range(100)])
     result["linear_probe_one_object"] = linear_probe(model)
