@@ -10,7 +10,8 @@ Metrics, per method (and per edit type for the main one):
   (InstructPix2Pix's CLIP metrics, with the shipped CLIP).
 
 Methods: instruct (a small s_I x s_T grid on the first --n-grid triplets, with success per edit type, then
-the defaults on all; the grid's default cell is reused when --n-grid is --n),
+the defaults on all; the grid's default cell is reused when --n-grid is --n; --per-kind N adds N triplets
+of every edit type, for per-type success with 95% intervals),
 sdedit (decoder conditioned on prior(target caption)), textdiff (target vs source caption), ref (the
 direction of another test triplet's pair with the same instruction kind and the same change).
 
@@ -181,7 +182,8 @@ if "instruct" in a.methods:
         idx = list(range(a.n, len(edits)))
         rows = metrics(run("instruct", idx, s_image=a.cfg_image, s_text=a.cfg_text), idx)
         result["instruct_per_kind_balanced"] = {
-            k: {**v, "success_95": wilson(round(v["success"] * v["n"]), v["n"])} for k, v in per_kind(rows).items()}
+            k: {**v, "success_95": wilson(sum(r["success"] for r in rows if r["kind"] == k), v["n"])}
+            for k, v in per_kind(rows).items()}
 for m in ("sdedit", "textdiff", "ref"):
     if m in a.methods:
         idx = all_idx if m == "sdedit" else all_idx[:a.n_slow]
