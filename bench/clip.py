@@ -59,8 +59,9 @@ def zero_shot(model, scenes, paraphrases=0):
             if attr == "shape" and s.objects[0].shape == tw.CONCEPT:
                 continue  # the concept has no name to classify by
             cands = candidates(s, attr)
-            zt = embed_texts(model, [tw.caption(c, r) for c in cands  # the same paraphrases for every candidate
-                                     for r in [None] + [random.Random(f"paraphrase:{i}:{k}") for k in range(paraphrases)]])
+            seeds = [None] + [f"paraphrase:{i}:{k}" for k in range(paraphrases)]  # None: the canonical caption
+            # a fresh generator per candidate, so that every candidate gets the same paraphrases
+            zt = embed_texts(model, [tw.caption(c, sd and random.Random(sd)) for c in cands for sd in seeds])
             zt = F.normalize(zt.view(len(cands), paraphrases + 1, -1).mean(1), dim=-1)
             correct += cands[int((zt @ z).argmax())] == s
             total += 1
@@ -146,12 +147,14 @@ if __name__ == "__main__":
     p.add_argument("--clip", default="checkpoints/clip.pt")
     p.add_argument("--n", type=int, default=1000, help="test scenes for zero-shot (default %(default)s)")
     p.add_argument("--paraphrases", type=int, default=0,
-                   help="zero-shot: average each candidate's text embedding over K paraphrases too (default %(default)s)")
+                   help="zero-shot: average each candidate's text embedding over K paraphrases too "
+                        "(default %(default)s)")
     a = p.parse_args()
     torch.set_num_threads(2)
     model, _ = load(a.clip)
     scenes = [tw.sample_scene(0, "test", i) for i in range(a.n)]
-    result = {"zero_shot_test": zero_shot(model, scenes, a.paraphrases), "n_zero_shot": a.n, "paraphrases": a.paraphrases}
+    result = {"zero_shot_test": zero_shot(model, scenes, a.paraphrases), "n_zero_shot": a.n,
+              "paraphrases": a.paraphrases}
     for seed in range(3):
         result[f"retrieval_100_seed{seed}"] = retrieval(model, [tw.sample_scene(100 + seed, "test", i) for i in range(100)])
     result["linear_probe_one_object"] = linear_probe(model)

@@ -224,5 +224,6 @@ if "instruct_grid" in result:
     print("| | " + " | ".join(f"s_T {st:g}" for st in a.grid_text) + " |\n|" + "---|" * (len(a.grid_text) + 1))
     for si in a.grid_image:
         cells = [g[f"s_I={si:g},s_T={st:g}"] for st in a.grid_text]
-        row = [f"{c['success']} / {c['preservation']} / {c['l1']} / {c['success_per_kind'].get('noop', '-')}" for c in cells]
+        row = [f"{c['success']} / {c['preservation']} / {c['l1']} / {c['success_per_kind'].get('noop', '-')}"
+               for c in cells]
         print(f"| s_I {si:g} | " + " | ".join(row) + " |")
