@@ -71,6 +71,8 @@ class TrainConfig:
     text_cond: str = "both"     # instruct: the instruction enters as "both", "emb" (pooled) or "states" (tokens)
     change_weight: float = 0.0  # instruct: pixels the edit changes weigh 1 + this in the loss, the rest 1,
                                 # normalized to mean 1 per triplet (0 = off; README)
+    edit_kinds: str = ""        # instruct: the training triplets' edit kinds, comma-separated, cycled (repeats
+                                # weigh a kind more); "" draws all nine uniformly
 
 
 # --task instruct changes these defaults (the shipped checkpoints/instruct.pt): fine-tuning from the
@@ -157,6 +159,10 @@ def main():
         training.fail(f"--task {task}: must be decoder or instruct")
     if args["text_cond"] not in (None, "both", "emb", "states"):
         training.fail(f"--text-cond {args['text_cond']}: must be both, emb or states")
+    if args["edit_kinds"] and (bad := set(args["edit_kinds"].split(",")) - set(tw.EDIT_KINDS)):
+        training.fail(f"--edit-kinds: unknown edit kind(s) {sorted(bad)}; use {', '.join(tw.EDIT_KINDS)}")
+    if args["edit_kinds"] and task != "instruct":
+        training.fail("--edit-kinds: only for --task instruct")
     training.check_paths(args, "clip", "data")
     ckpt = training.checkpoint_arg(args, "resume", task)
     clip_tag = file_hash(args["clip"])
@@ -205,10 +211,13 @@ def main():
         x_all = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
         what = f"{len(x_all)} images"
     else:
-        data = tw.EditDataset("train", n=tc.n_images, seed=tc.seed, res=res, cache=".cache")
+        kinds = tc.edit_kinds.split(",") if tc.edit_kinds else None
+        data = tw.EditDataset("train", n=tc.n_images, seed=tc.seed, res=res, cache=".cache", kinds=kinds)
         pairs = torch.from_numpy(data.images)  # uint8 (N, 2, H, W, 3): source, target
+        mix = "-" + "+".join(kinds) if kinds else ""
         text = training.clip_text_features(args["clip"], lambda: [data.edit(i).instruction for i in range(len(data))],
-                                           f".cache/clip-instr-{clip_tag}-train-n{tc.n_images}-seed{tc.seed}.pt", device=device)
+                                           f".cache/clip-instr-{clip_tag}-train{mix}-n{tc.n_images}-seed{tc.seed}.pt",
+                                           device=device)
         mc.embed_dim, mc.context_dim, mc.image_size = text["emb"].shape[1], text["states"].shape[2], res
         mc.embed_dim = 0 if tc.text_cond == "states" else mc.embed_dim
         mc.context_dim = 0 if tc.text_cond == "emb" else mc.context_dim

@@ -40,6 +40,8 @@ p.add_argument("--n-slow", type=int, default=200, help="triplets for textdiff an
 p.add_argument("--per-kind", type=int, default=0,
                help="instruct: also N triplets of every edit type at the defaults (0: none), for per-type figures "
                     "tighter than the 30-70 of each type among --n (each with a 95%% Wilson interval)")
+p.add_argument("--kinds", nargs="+", default=list(tw.EDIT_KINDS), choices=tw.EDIT_KINDS, metavar="KIND",
+               help="the edit types --per-kind covers (default: all nine)")
 p.add_argument("--methods", nargs="+", default=["instruct", "sdedit", "textdiff", "ref"])
 p.add_argument("--steps", type=int, default=20)
 p.add_argument("--cfg-image", type=float, default=1.0)
@@ -58,13 +60,15 @@ p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b draws
 p.add_argument("--batch", type=int, default=100)
 p.add_argument("--out", default=None, help="also write the JSON here")
 a = p.parse_args()
+if a.n == 0 and (a.n_grid or set(a.methods) - {"instruct"} or not a.per_kind):
+    p.error("--n 0 scores the --per-kind triplets alone: give --methods instruct --n-grid 0 --per-kind N")
 torch.set_num_threads(2)
 t0 = time.time()
 models = pipeline.Models(a.weights)
 reader = load_reader()
 edits = [tw.sample_edit(0, a.split, i) for i in range(a.n)]
 if "instruct" in a.methods:  # the --per-kind triplets follow the main ones: index a.n onwards
-    edits += [tw.sample_edit(0, a.split, i, kind=k) for k in tw.EDIT_KINDS for i in range(a.per_kind)]
+    edits += [tw.sample_edit(0, a.split, i, kind=k) for k in a.kinds for i in range(a.per_kind)]
 src = tw.render_batch([e.source for e in edits], 32)
 tgt = tw.render_batch([e.target for e in edits], 32)
 src_cap, tgt_cap = [tw.caption(e.source) for e in edits], [tw.caption(e.target) for e in edits]
@@ -171,12 +175,13 @@ if "instruct" in a.methods:
                 if (si, st) == (a.cfg_image, a.cfg_text) and a.n_grid == a.n:
                     rows = cell  # the defaults' cell covers every triplet: no second run
         result["instruct_grid"] = grid
-    if rows is None:
+    if rows is None and a.n:
         rows = metrics(run("instruct", all_idx, s_image=a.cfg_image, s_text=a.cfg_text), all_idx)
-    result["methods"]["instruct"] = summary(rows)
-    print("instruct", json.dumps(result["methods"]["instruct"]), flush=True)
-    result["instruct_per_kind"] = per_kind(rows)
-    result["instruct_by_object_count"] = per_count(rows)
+    if rows:  # --n 0 with --per-kind: the per-type triplets only
+        result["methods"]["instruct"] = summary(rows)
+        print("instruct", json.dumps(result["methods"]["instruct"]), flush=True)
+        result["instruct_per_kind"] = per_kind(rows)
+        result["instruct_by_object_count"] = per_count(rows)
     result["cfg"] = {"s_I": a.cfg_image, "s_T": a.cfg_text, "eta": a.eta}
     if a.per_kind:
         idx = list(range(a.n, len(edits)))

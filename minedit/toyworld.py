@@ -446,23 +446,30 @@ class SceneDataset(torch.utils.data.Dataset):
 
 class EditDataset(torch.utils.data.Dataset):
     """Edit triplets as dicts: source, target (3, res, res) in [-1, 1], instruction, kind,
-    source_caption, target_caption. Infinite (n=None) or cached, as SceneDataset."""
+    source_caption, target_caption. Infinite (n=None) or cached, as SceneDataset.
 
-    def __init__(self, split="train", n=None, seed=0, res=32, cache=None):
+    kinds: None draws every edit kind uniformly (sample_edit's own mix); a sequence of EDIT_KINDS names
+    gives triplet i the kind kinds[i % len(kinds)], so a repeated name weighs that kind more."""
+
+    def __init__(self, split="train", n=None, seed=0, res=32, cache=None, kinds=None):
         assert split in SPLITS, split
+        if kinds is not None and (not kinds or set(kinds) - set(EDIT_KINDS)):
+            raise ValueError(f"kinds must name some of {', '.join(EDIT_KINDS)}, got {kinds!r}")
         self.split, self.seed, self.res = split, seed, res
+        self.kinds = tuple(kinds) if kinds is not None else None
         self.n = n if n is not None else 2 ** 31 - 1
         self.images = None
         if cache is not None:
             assert n is not None, "a cached dataset needs a fixed size n"
-            self.images = _cached(cache, "edits", split, n, seed, res, lambda: np.stack(
+            what = "edits" if self.kinds is None else "edits-" + "+".join(self.kinds)
+            self.images = _cached(cache, what, split, n, seed, res, lambda: np.stack(
                 [np.stack([render(e.source, res), render(e.target, res)]) for e in map(self.edit, range(n))]))
 
     def __len__(self):
         return self.n
 
     def edit(self, i):
-        return sample_edit(self.seed, self.split, i)
+        return sample_edit(self.seed, self.split, i, kind=self.kinds[i % len(self.kinds)] if self.kinds else None)
 
     def __getitem__(self, i):
         e = self.edit(i)

@@ -163,6 +163,18 @@ def test_datasets_cached_equals_on_the_fly(tmp_path):
     assert torch.equal(item["target"], tw.EditDataset("test", n=10, seed=1)[3]["target"])
 
 
+def test_edit_dataset_kinds_cycle_and_weigh(tmp_path):
+    mix = ("style", "style", "noop")
+    d = tw.EditDataset("train", n=9, seed=2, kinds=mix, cache=tmp_path)
+    assert [d.edit(i).kind for i in range(6)] == list(mix) * 2
+    assert torch.equal(d[4]["target"], tw.EditDataset("train", n=9, seed=2, kinds=mix)[4]["target"])
+    plain = tw.EditDataset("train", n=9, seed=2, cache=tmp_path)  # its own cache file, the uniform mix
+    assert [plain.edit(i) for i in range(9)] == [tw.sample_edit(2, "train", i) for i in range(9)]
+    assert not np.array_equal(plain.images, d.images)  # a mix never reads another mix's cache
+    with pytest.raises(ValueError, match="kinds"):
+        tw.EditDataset("train", kinds=("style", "repaint"))
+
+
 def test_grid_command_writes_a_png(tmp_path):
     from PIL import Image
     out = tmp_path / "grid.png"
