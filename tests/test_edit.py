@@ -288,3 +288,23 @@ def test_models_warn_when_clip_is_not_the_one_they_were_trained_with(tmp_path):
     torch.save(ckpt, tmp_path / "clip.pt")
     with pytest.warns(UserWarning, match="instruct.pt was trained with a CLIP"):
         Models(tmp_path).instruct
+
+
+def test_edit_bench_per_kind_alone_reports_the_reader_ceiling(tmp_path):
+    """bench/edit.py --n 0 scores only the --per-kind triplets of --kinds; every figure comes with the
+    reader's own success on the exact targets (its ceiling). A bench on nothing else is refused in one line."""
+    bench = os.path.join(ROOT, "bench", "edit.py")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2")
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, bench, "--n", "0", "--n-grid", "0", "--methods", "instruct", "--per-kind", "2",
+                        "--kinds", "style", "noop", "--steps", "2", "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    kinds = res["instruct_per_kind_balanced"]
+    assert set(kinds) == {"style", "noop"} and all(v["n"] == 2 for v in kinds.values())
+    assert all(0 <= v["ceiling"] <= 1 and 0 <= v["success"] <= 1 for v in kinds.values())
+    assert "instruct" not in res["methods"]  # no main set was scored
+    r = subprocess.run([sys.executable, bench, "--n", "0", "--methods", "sdedit"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--per-kind" in r.stderr

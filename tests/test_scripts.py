@@ -164,15 +164,21 @@ def test_train_instruct_from_a_decoder_and_resume(tiny_clip, tmp_path):
 def test_train_instruct_defaults_from_scratch_residual_and_token_states_only(tiny_clip, tmp_path):
     out = tmp_path / "ins.pt"
     r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--text-cond", "states", "--clip", str(tiny_clip),
-             "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
+             "--edit-kinds", "style,style,noop", "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "initialized" not in r.stdout
     ck = torch.load(out, weights_only=True)
     assert ck["config"]["residual"] and ck["config"]["embed_dim"] == 0 and ck["config"]["context_dim"] == 64
+    assert ck["train_config"]["edit_kinds"] == "style,style,noop"
+    assert list((tmp_path / ".cache").glob("edits-style+style+noop-train-n32-*"))  # the mix's own cache
     assert not any(k.startswith(("emb_proj", "null_emb")) for k in ck["model"])
     r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--text-cond", "tokens",
              "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--text-cond" in r.stderr
+    assert not (tmp_path / "bad.pt").exists()
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--edit-kinds", "style,repaint",
+             "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "'repaint'" in r.stderr
     assert not (tmp_path / "bad.pt").exists()
 
 
