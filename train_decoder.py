@@ -21,6 +21,8 @@ the shipped decoder.pt and instruct.pt are the same recipes scaled up on one H10
     python train_decoder.py --n-images 200000 --batch-size 512 --lr 2e-3 --warmup 500 --ema-decay 0.999 \
         --steps 2800                                         # the shipped decoder.pt (3 min on an H100)
     python train_decoder.py --steps 100 --out /tmp/dec.pt    # a quick run
+    python train_decoder.py --task instruct --resume checkpoints/instruct.pt --steps 8000 --lr 5e-4 \
+        --edit-kinds style,style,noop,recolor,reshape,move,resize,background,add,remove   # weigh edit kinds
     python train_decoder.py --data my_photos/ --clip ViT-B-32.pt --image-size 64 --device cuda
     torchrun --nproc_per_node 2 train_decoder.py ...         # DistributedDataParallel (gloo on CPU, nccl on GPU)
 """

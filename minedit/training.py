@@ -187,7 +187,7 @@ def add_dataclass_flags(parser, *classes):
             if f.type in (int, float, str, "int", "float", "str"):
                 kind = type(f.default)
                 parser.add_argument("--" + f.name.replace("_", "-"), type=kind if kind is str else _number(kind, f.name),
-                                    default=None, help=f"{cls.__name__}.{f.name} (default {f.default})")
+                                    default=None, help=f"{cls.__name__}.{f.name} (default {f.default!r})")
 
 
 def override(obj, args):
