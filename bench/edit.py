@@ -5,8 +5,8 @@ Metrics, per method (and per edit type for the main one):
 - l1, l2: distance to the exact target image, pixels in [0, 1];
 - success: the attribute reader reads every attribute of the result as the target's;
 - preservation: of the attributes the edit did not touch, the fraction still right;
-- ceiling: the reader's success on the exact target images, the most `success` can show (the reader
-  errs on a few percent of renders, shapes most);
+- ceiling: the reader's success on the exact target images, i.e. what an editor that draws the exact
+  target would score (the reader errs on a few percent of renders, shapes most);
 - clip_im: cos(CLIP(result), CLIP(source)); clip_out: cos(CLIP(result), text(target caption));
   clip_dir: cos(CLIP(result) - CLIP(source), text(target caption) - text(source caption))
   (InstructPix2Pix's CLIP metrics, with the shipped CLIP).
