@@ -216,9 +216,8 @@ def main():
         kinds = tc.edit_kinds.split(",") if tc.edit_kinds else None
         data = tw.EditDataset("train", n=tc.n_images, seed=tc.seed, res=res, cache=".cache", kinds=kinds)
         pairs = torch.from_numpy(data.images)  # uint8 (N, 2, H, W, 3): source, target
-        mix = "-" + "+".join(kinds) if kinds else ""
         text = training.clip_text_features(args["clip"], lambda: [data.edit(i).instruction for i in range(len(data))],
-                                           f".cache/clip-instr-{clip_tag}-train{mix}-n{tc.n_images}-seed{tc.seed}.pt",
+                                           f".cache/clip-instr-{clip_tag}-train{data.mix}-n{tc.n_images}-seed{tc.seed}.pt",
                                            device=device)
         mc.embed_dim, mc.context_dim, mc.image_size = text["emb"].shape[1], text["states"].shape[2], res
         mc.embed_dim = 0 if tc.text_cond == "states" else mc.embed_dim

@@ -457,12 +457,12 @@ class EditDataset(torch.utils.data.Dataset):
             raise ValueError(f"kinds must name some of {', '.join(EDIT_KINDS)}, got {kinds!r}")
         self.split, self.seed, self.res = split, seed, res
         self.kinds = tuple(kinds) if kinds is not None else None
+        self.mix = "-" + "+".join(self.kinds) if self.kinds else ""  # names a mix's cache files ("" for uniform)
         self.n = n if n is not None else 2 ** 31 - 1
         self.images = None
         if cache is not None:
             assert n is not None, "a cached dataset needs a fixed size n"
-            what = "edits" if self.kinds is None else "edits-" + "+".join(self.kinds)
-            self.images = _cached(cache, what, split, n, seed, res, lambda: np.stack(
+            self.images = _cached(cache, "edits" + self.mix, split, n, seed, res, lambda: np.stack(
                 [np.stack([render(e.source, res), render(e.target, res)]) for e in map(self.edit, range(n))]))
 
     def __len__(self):
