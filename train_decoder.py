@@ -23,6 +23,8 @@ the shipped decoder.pt and instruct.pt are the same recipes scaled up on one H10
     python train_decoder.py --steps 100 --out /tmp/dec.pt    # a quick run
     python train_decoder.py --task instruct --resume checkpoints/instruct.pt --steps 8000 --lr 5e-4 \
         --edit-kinds style,style,noop,recolor,reshape,move,resize,background,add,remove   # weigh edit kinds
+    python train_decoder.py --task instruct --average checkpoints/instruct.pt runs/ft/instruct.pt \
+        --out runs/mix/instruct.pt                           # the mean of two models' weights (WiSE-FT)
     python train_decoder.py --data my_photos/ --clip ViT-B-32.pt --image-size 64 --device cuda
     torchrun --nproc_per_node 2 train_decoder.py ...         # DistributedDataParallel (gloo on CPU, nccl on GPU)
 """
@@ -40,7 +42,7 @@ from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
 from minedit.pipeline import instruct_bound, instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
-from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_image_atomic, seed_everything, to_image
+from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_checkpoint, save_image_atomic, seed_everything, to_image
 
 
 @dataclass
@@ -140,6 +142,19 @@ def init_from_decoder(unet, decoder_ckpt):
     return loaded
 
 
+def average(paths, task, out):
+    """--average: the mean of several checkpoints' weights, written to `out` (the inputs' hashes recorded)."""
+    if len(paths) < 2:
+        training.fail("--average: give two or more checkpoints")
+    ckpts = [training.checkpoint_arg({"average": path}, "average", task) for path in paths]
+    try:
+        mean = training.average_checkpoints(ckpts, [file_hash(path) for path in paths])
+    except ValueError as e:
+        training.fail(f"--average: {e}")
+    save_checkpoint(mean, out)
+    print(f"wrote {out}: the mean of {len(paths)} {task} checkpoints ({', '.join(mean['averaged_from'])})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     training.add_dataclass_flags(p, TrainConfig, UNetConfig)
@@ -151,6 +166,9 @@ def main():
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<task>.pt)")
     p.add_argument("--samples", default=None, help="folder for sample grids (default: runs/<task>)")
     p.add_argument("--resume", default=None, help="continue from this checkpoint")
+    p.add_argument("--average", nargs="+", metavar="FILE", default=None,
+                   help="train nothing: write the tensor-by-tensor mean of these checkpoints of --task's model to --out "
+                        "(WiSE-FT's interpolation when they are a model and its fine-tune)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-residual", action="store_true",
@@ -181,6 +199,9 @@ def main():
         init = args["init"] = None
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
     training.check_out(out)
+    if args["average"]:
+        average(args["average"], task, out)
+        return
     sample_dir = args["samples"] or f"runs/{task}"
 
     rank, world, device = training.setup_distributed(args["device"])

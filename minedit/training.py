@@ -161,6 +161,23 @@ def fit(net, loss_fn, tc, device, rank, world, ckpt, out, meta, desc, callback=N
     return ema
 
 
+def average_checkpoints(ckpts, names):
+    """The tensor-by-tensor mean of the weights of several checkpoints of one model (a model soup; with a
+    model and its own fine-tune, WiSE-FT's interpolation at 1/2: Wortsman et al. 2022). Each mean is taken
+    in fp32 and stored in the dtype the first checkpoint stores; every other field comes from the last one,
+    and `averaged_from` records `names` (e.g. the inputs' hashes). Raises ValueError when the checkpoints
+    are not of one model: another kind or config, or other tensor names or shapes."""
+    first = ckpts[0]
+    for ckpt, name in zip(ckpts[1:], names[1:]):
+        if ckpt.get("kind") != first.get("kind") or ckpt.get("config") != first.get("config"):
+            raise ValueError(f"{name} is another model (kind or config differs from {names[0]})")
+        if {k: v.shape for k, v in ckpt["model"].items()} != {k: v.shape for k, v in first["model"].items()}:
+            raise ValueError(f"{name} holds other tensors than {names[0]}")
+    model = {k: (sum(c["model"][k].float() for c in ckpts) / len(ckpts)).to(v.dtype) for k, v in first["model"].items()}
+    out = {k: v for k, v in ckpts[-1].items() if k not in ("model", "raw_model", "optimizer")}
+    return {**out, "model": model, "averaged_from": list(names)}
+
+
 # fields that must be > 0 (a count, a size or a divisor; 0 crashed deep inside the model); every other number >= 0
 POSITIVE = {"steps", "batch_size", "lr", "n_images", "timesteps", "res",
             "in_channels", "out_channels", "model_channels", "head_channels", "embed_tokens", "cond_width",  # UNet

@@ -108,6 +108,32 @@ def test_train_decoder_toy_and_resume(tiny_clip, tmp_path):
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(tmp_path / "dec2.pt", weights_only=True)
     assert ckpt["kind"] == "decoder" and ckpt["step"] == 3 and ckpt["config"]["embed_dim"] == 32
+    # --average writes the mean of the two runs' weights (WiSE-FT), fields from the last, and trains nothing
+    from minedit.utils import file_hash
+    mean = tmp_path / "mean.pt"
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--average", str(out), str(tmp_path / "dec2.pt"), "--out", str(mean)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    first, m = torch.load(out, weights_only=True), torch.load(mean, weights_only=True)
+    assert m["step"] == 3 and m["averaged_from"] == [file_hash(out), file_hash(tmp_path / "dec2.pt")]
+    for k, v in m["model"].items():
+        assert v.dtype == torch.float16
+        assert torch.equal(v, ((first["model"][k].float() + ckpt["model"][k].float()) / 2).half())
+    assert any(not torch.equal(v, first["model"][k]) for k, v in m["model"].items())
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", "--average", str(out), str(mean),
+             "--out", str(tmp_path / "bad.pt")], tmp_path)
+    assert r.returncode == 2 and "not a minedit instruct checkpoint" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_average_checkpoints_refuses_other_models():
+    from minedit.training import average_checkpoints
+    a = {"kind": "decoder", "config": {"model_channels": 16}, "step": 1, "model": {"w": torch.zeros(2, dtype=torch.float16)}}
+    b = {**a, "step": 2, "model": {"w": torch.ones(2, dtype=torch.float16)}}
+    assert torch.equal(average_checkpoints([a, b], ["a", "b"])["model"]["w"], torch.full((2,), 0.5, dtype=torch.float16))
+    with pytest.raises(ValueError, match="another model"):
+        average_checkpoints([a, {**b, "config": {"model_channels": 32}}], ["a", "b"])
+    with pytest.raises(ValueError, match="other tensors"):
+        average_checkpoints([a, {**b, "model": {"w": torch.ones(3)}}], ["a", "b"])
 
 
 def test_train_decoder_on_a_folder(tiny_clip, tmp_path):
