@@ -183,6 +183,11 @@ def main():
         training.fail(f"--edit-kinds: unknown edit kind(s) {sorted(bad)}; use {', '.join(tw.EDIT_KINDS)}")
     if args["edit_kinds"] and task != "instruct":
         training.fail("--edit-kinds: only for --task instruct")
+    out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
+    training.check_out(out)
+    if args["average"]:
+        average(args["average"], task, out)
+        return  # nothing else is read: no CLIP, no --resume, no decoder to start from
     training.check_paths(args, "clip", "data")
     ckpt = training.checkpoint_arg(args, "resume", task)
     clip_tag = file_hash(args["clip"])
@@ -197,11 +202,6 @@ def main():
     if implicit and init.get("clip_sha256_16") != clip_tag:  # the default start needs a decoder of this CLIP
         print(f"{args['init']} was trained on another CLIP; the instruct model trains from scratch (--init FILE names a decoder)")
         init = args["init"] = None
-    out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
-    training.check_out(out)
-    if args["average"]:
-        average(args["average"], task, out)
-        return
     sample_dir = args["samples"] or f"runs/{task}"
 
     rank, world, device = training.setup_distributed(args["device"])
