@@ -2,7 +2,9 @@
 Train a UNet of minedit/unet.py, for one of two tasks:
 
 --task decoder (default): the unCLIP decoder (Ramesh et al. 2022), which denoises images conditioned on
-    their CLIP image embedding, with 10% embedding dropout so classifier-free guidance works.
+    their CLIP image embedding, with 10% embedding dropout so classifier-free guidance works. --caption
+    also feeds it the caption's CLIP token states by cross-attention, the text path unCLIP kept from GLIDE
+    (dropped with the embedding, and 10% of the time alone).
 --task instruct: the instruction-editing model (Brooks et al. 2023, InstructPix2Pix): the source image
     is concatenated to x_t (6 input channels), the instruction enters as its CLIP text embedding (in the
     decoder's embedding slot) and its token states (cross-attention), and text / image / both are dropped
@@ -25,6 +27,8 @@ the shipped decoder.pt and instruct.pt are the same recipes scaled up on one H10
         --edit-kinds style,style,noop,recolor,reshape,move,resize,background,add,remove   # weigh edit kinds
     python train_decoder.py --task instruct --average checkpoints/instruct.pt runs/ft/instruct.pt \
         --out runs/mix/instruct.pt                           # the mean of two models' weights (WiSE-FT)
+    python train_decoder.py --caption --n-images 50000 --batch-size 64 --lr 1e-3 --warmup 100 --steps 3000 \
+        --out runs/cap/decoder.pt                            # a decoder that also reads the caption (from decoder.pt)
     python train_decoder.py --data my_photos/ --clip ViT-B-32.pt --image-size 64 --device cuda
     torchrun --nproc_per_node 2 train_decoder.py ...         # DistributedDataParallel (gloo on CPU, nccl on GPU)
 """
@@ -39,8 +43,8 @@ from minedit import toyworld as tw
 from minedit import training
 from minedit.clip import text_tower_hash
 from minedit.diffusion import GaussianDiffusion
-from minedit.guidance import cfg, condition_dropout, instruct_cfg, instruct_kwargs
-from minedit.pipeline import instruct_bound, instruct_result, instruct_variable, unet_config
+from minedit.guidance import condition_dropout, decoder_kwargs, instruct_cfg, instruct_kwargs
+from minedit.pipeline import decoder_model, instruct_bound, instruct_result, instruct_variable, unet_config
 from minedit.unet import UNet, UNetConfig
 from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_checkpoint, save_image_atomic, seed_everything, to_image
 
@@ -54,7 +58,8 @@ class TrainConfig:
     warmup: int = 200
     weight_decay: float = 0.0
     ema_decay: float = 0.995     # short runs: average over the last ~200 steps
-    p_uncond: float = 0.1       # decoder: embedding dropout for classifier-free guidance
+    p_uncond: float = 0.1       # decoder: embedding dropout for classifier-free guidance (and the caption with it)
+    p_caption: float = 0.1      # decoder with --caption: drop the caption alone (the embedding kept)
     p_text: float = 0.05        # instruct: drop the instruction only
     p_image: float = 0.05       # instruct: drop the source image only
     p_both: float = 0.05        # instruct: drop both
@@ -85,13 +90,11 @@ INSTRUCT = {"warmup": 100, "lr": 2e-3}
 
 
 @torch.no_grad()
-def sample_grid(unet, diffusion, emb, images, guidance, path, seed=0):
-    """A PNG: the images whose embeddings condition the decoder (top row), and decoder samples (bottom)."""
+def sample_grid(unet, diffusion, emb, images, guidance, path, seed=0, caption=None):
+    """A PNG: the images whose embeddings (and captions) condition the decoder (top row), and decoder samples (bottom)."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(emb), unet.config.out_channels, images.shape[1], images.shape[2], generator=g)
-    drop = torch.ones(len(emb), dtype=torch.bool)
-    model = cfg(unet, guidance, {"emb": emb, "drop_emb": ~drop}, {"emb": emb, "drop_emb": drop})
-    x = diffusion.ddim_sample(model, noise=noise, steps=25)
+    x = diffusion.ddim_sample(decoder_model(unet, emb, guidance, caption), noise=noise, steps=25)
     save_image_atomic(image_grid(torch.cat([torch.from_numpy(images), torch.from_numpy(to_image(x))]).numpy(), len(emb)), path)
 
 
@@ -160,9 +163,13 @@ def main():
     training.add_dataclass_flags(p, TrainConfig, UNetConfig)
     p.add_argument("--clip", default=str(CHECKPOINTS / "clip.pt"), help="CLIP weights that clip.load reads (default: %(default)s)")
     p.add_argument("--data", default=None, help="decoder: a folder of images to train on instead of the toy world")
-    p.add_argument("--init", default=None, help="instruct: start from this decoder checkpoint, new input channels zero-initialized, "
-                        "as InstructPix2Pix; 'none' trains from scratch (default: checkpoints/decoder.pt when it was "
-                        "trained on --clip, else from scratch)")
+    p.add_argument("--caption", action="store_true",
+                   help="decoder: also condition on each scene's caption (its CLIP token states, by cross-attention), the "
+                        "text path unCLIP kept from GLIDE; starts from a decoder as --task instruct does (see --init)")
+    p.add_argument("--init", default=None, help="start from this decoder checkpoint's weights (a fresh optimizer and schedule; "
+                        "new weights, such as instruct's extra input channels, zero-initialized as in InstructPix2Pix, or "
+                        "fresh); 'none' trains from scratch (default: checkpoints/decoder.pt for --task instruct and "
+                        "--caption when it was trained on --clip, else from scratch)")
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/<task>.pt)")
     p.add_argument("--samples", default=None, help="folder for sample grids (default: runs/<task>)")
     p.add_argument("--resume", default=None, help="continue from this checkpoint")
@@ -191,16 +198,20 @@ def main():
     training.check_paths(args, "clip", "data")
     ckpt = training.checkpoint_arg(args, "resume", task)
     clip_tag = file_hash(args["clip"])
-    if args["init"] and task != "instruct":
-        training.fail("--init: only for --task instruct")
-    implicit = not args["init"] and task == "instruct" and not ckpt and (CHECKPOINTS / "decoder.pt").exists()
+    if args["caption"] and task != "decoder":
+        training.fail("--caption: only for --task decoder")
+    if args["caption"] and ckpt and not ckpt["config"].get("context_dim"):
+        training.fail(f"--caption: --resume {args['resume']} was trained without captions")
+    caption = args["caption"] or bool(ckpt and task == "decoder" and ckpt["config"].get("context_dim"))
+    # the instruct model and a caption decoder start from checkpoints/decoder.pt unless told otherwise
+    implicit = not args["init"] and (task == "instruct" or caption) and not ckpt and (CHECKPOINTS / "decoder.pt").exists()
     if implicit:
         args["init"] = str(CHECKPOINTS / "decoder.pt")
     elif args["init"] == "none":
         args["init"] = None
-    init = training.checkpoint_arg(args, "init", "decoder")
+    init = None if ckpt else training.checkpoint_arg(args, "init", "decoder")
     if implicit and init.get("clip_sha256_16") != clip_tag:  # the default start needs a decoder of this CLIP
-        print(f"{args['init']} was trained on another CLIP; the instruct model trains from scratch (--init FILE names a decoder)")
+        print(f"{args['init']} was trained on another CLIP; the {task} model trains from scratch (--init FILE names a decoder)")
         init = args["init"] = None
     sample_dir = args["samples"] or f"runs/{task}"
 
@@ -213,9 +224,9 @@ def main():
     seed_everything(tc.seed + rank)
     res = args["image_size"] or UNetConfig.image_size
     base = unet_config(ckpt["config"]) if ckpt else UNetConfig()
-    if task == "instruct" and not ckpt:  # the decoder's architecture, with 6 input channels and cross-attention
+    if (task == "instruct" and not ckpt) or init:  # the decoder's architecture; instruct: with 6 input channels
         base = unet_config(init["config"]) if init else UNetConfig()
-        base.in_channels = 2 * base.out_channels
+        base.in_channels = 2 * base.out_channels if task == "instruct" else base.in_channels
     mc = training.override(base, args)
     if not ckpt:
         mc.residual = task == "instruct" and not args["no_residual"]
@@ -224,13 +235,17 @@ def main():
     if task == "decoder":
         if args["data"]:
             try:
-                _, pils, images = training.folder_images(args["data"], res)
+                paths, pils, images = training.folder_images(args["data"], res)
+                texts = training.folder_captions(paths) if caption else None
             except ValueError as e:
                 training.fail(f"--data {args['data']}: {e}")
             emb = training.clip_image_embeddings(args["clip"], pils, device=device)
+            text = training.clip_text_features(args["clip"], texts, device=device) if caption else None
         else:
-            images, _, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res, device=device)
+            images, scenes, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res, device=device)
+            text = training.toy_caption_features(args["clip"], scenes) if caption else None
         mc.embed_dim, mc.image_size = emb.shape[1], images.shape[1]
+        mc.context_dim = text["states"].shape[2] if caption else 0
         x_all = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
         what = f"{len(x_all)} images"
     else:
@@ -249,11 +264,11 @@ def main():
     x_all = x_all.to(device)
     if task == "decoder":
         emb = emb.to(device)
-    else:
+    if text is not None:
         text = {k: v.to(device) for k, v in text.items()}
 
     unet = UNet(mc).to(device)
-    if task == "instruct" and not ckpt and init:
+    if init:
         try:
             n = len(init_from_decoder(unet, init))
         except ValueError as e:
@@ -268,9 +283,12 @@ def main():
     def decoder_loss(model, step, g):
         idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)
         x0 = x_all[idx].float() / 127.5 - 1
-        drop = (torch.rand(tc.batch_size, generator=g) < tc.p_uncond).to(device)
-        return diffusion.training_losses(model, x0, model_kwargs={"emb": emb[idx], "drop_emb": drop},
-                                         generator=g, snr_gamma=tc.snr_gamma).mean()
+        u = torch.rand(tc.batch_size, generator=g).to(device)
+        drop = u < tc.p_uncond
+        # one draw: both dropped (u < p_uncond), the caption alone (the next p_caption)
+        kw = decoder_kwargs(emb[idx], drop, {k: v[idx] for k, v in text.items()} if caption else None,
+                            u < tc.p_uncond + tc.p_caption)
+        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma).mean()
 
     def instruct_loss(model, step, g):
         idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)
@@ -290,7 +308,8 @@ def main():
         os.makedirs(sample_dir, exist_ok=True)
         path = os.path.join(sample_dir, f"step{step + 1:06d}.png")
         if task == "decoder":
-            sample_grid(shadow.eval(), diffusion.cpu(), emb[:8].cpu(), images[:8], tc.guidance, path)
+            sample_grid(shadow.eval(), diffusion.cpu(), emb[:8].cpu(), images[:8], tc.guidance, path,
+                        caption={k: v[:8].cpu() for k, v in text.items()} if caption else None)
         else:
             instruct_grid(shadow.eval(), diffusion.cpu(), pairs[:8], {k: v[:8].cpu() for k, v in text.items()},
                           tc.cfg_image, tc.cfg_text, path)
@@ -301,10 +320,10 @@ def main():
         meta["clip_sha256_16"] = clip_tag
     else:  # the instruct model reads CLIP text only: it records the text tower it was trained with
         meta["clip_text_sha256_16"] = text_tower_hash(training._load_clip(args["clip"])[0])
-        if init:
-            meta["init_sha256_16"] = file_hash(args["init"])
-        elif ckpt and "init_sha256_16" in ckpt:  # a resumed run keeps its start
-            meta["init_sha256_16"] = ckpt["init_sha256_16"]
+    if init:
+        meta["init_sha256_16"] = file_hash(args["init"])
+    elif ckpt and "init_sha256_16" in ckpt:  # a resumed run keeps its start
+        meta["init_sha256_16"] = ckpt["init_sha256_16"]
     training.fit(unet, decoder_loss if task == "decoder" else instruct_loss, tc, device, rank, world, ckpt, out,
                  meta, task, samples)
     if world > 1:

@@ -3,8 +3,10 @@
 1. Reconstruction from the embedding: image -> CLIP image embedding -> decoder sample (DDIM, CFG) ->
    reader. Fraction of samples whose shapes, colours (as multisets), background and style match the source.
 2. DDIM-inversion round trip: image -> x_T (conditioned on its own embedding, no guidance) -> image; PSNR.
+A decoder trained with captions (train_decoder.py --caption) also reads each source scene's canonical
+caption, as unCLIP's decoder reads the caption beside the image embedding.
 
-    python bench/decoder.py [--n 500] [--guidance 3] [--steps 50]    # prints JSON
+    python bench/decoder.py [--n 500] [--guidance 3] [--steps 50] [--no-caption]    # prints JSON
 """
 import argparse
 import json
@@ -15,8 +17,8 @@ import torch.nn.functional as F
 
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip, normalize
-from minedit.guidance import cfg
-from minedit.pipeline import load_decoder
+from minedit.guidance import decoder_kwargs
+from minedit.pipeline import decoder_model, encode_texts, load_decoder
 from minedit.reader import load_reader, read
 
 p = argparse.ArgumentParser()
@@ -27,6 +29,7 @@ p.add_argument("--n-inversion", type=int, default=100)
 p.add_argument("--guidance", type=float, default=3.0)
 p.add_argument("--steps", type=int, default=50)
 p.add_argument("--batch", type=int, default=100)
+p.add_argument("--no-caption", action="store_true", help="a caption decoder without its caption (the embedding alone)")
 p.add_argument("--seed", type=int, default=0, help="sampling seed; others show how much the figures move with the noise alone")
 a = p.parse_args()
 torch.set_num_threads(2)
@@ -38,13 +41,14 @@ scenes = [tw.sample_scene(0, "test", i) for i in range(a.n)]
 x = tw.render_batch(scenes, unet.config.image_size)
 with torch.no_grad():
     emb = F.normalize(clip.encode_image(normalize(x, clip.config.image_resolution)), dim=-1)
+    text = encode_texts(clip, [tw.caption(s) for s in scenes]) if unet.config.context_dim and not a.no_caption else None
+part = lambda i, j: {k: v[i:j] for k, v in text.items()} if text else None
 
 samples = []
 g = torch.Generator().manual_seed(a.seed)
 for i in range(0, a.n, a.batch):
     e = emb[i:i + a.batch]
-    drop = torch.ones(len(e), dtype=torch.bool)
-    model = cfg(unet, a.guidance, {"emb": e, "drop_emb": ~drop}, {"emb": e, "drop_emb": drop})
+    model = decoder_model(unet, e, a.guidance, part(i, i + a.batch))
     samples.append(diffusion.ddim_sample(model, noise=torch.randn(len(e), 3, *x.shape[2:], generator=g), steps=a.steps))
 samples = torch.cat(samples)
 got = read(reader, samples)
@@ -72,14 +76,14 @@ for c in sorted({len(s.objects) for s in scenes}):
 
 n = a.n_inversion
 with torch.no_grad():
-    kw = {"emb": emb[:n]}
+    kw = decoder_kwargs(emb[:n], torch.zeros(n, dtype=torch.bool), part(0, n))
     xT = diffusion.ddim_invert(unet, x[:n], steps=a.steps, model_kwargs=kw)
     back = diffusion.ddim_sample(unet, noise=xT, steps=a.steps, clip_denoised=False, model_kwargs=kw)
 mse = ((back.clamp(-1, 1) - x[:n]) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] pixel units
 psnr = (10 * torch.log10(1 / mse.clamp(min=1e-12)))
 result = {"reconstruction_match_test": {k: round(v, 4) for k, v in match.items()},
           "by_object_count": by_count,
-          "n": a.n, "seed": a.seed, "guidance": a.guidance, "ddim_steps": a.steps,
+          "captions": text is not None, "n": a.n, "seed": a.seed, "guidance": a.guidance, "ddim_steps": a.steps,
           "inversion_psnr_db_mean": round(psnr.mean().item(), 2), "inversion_psnr_db_min": round(psnr.min().item(), 2),
           "n_inversion": n, "seconds": round(time.time() - t0)}
 print(json.dumps(result, indent=1))

@@ -7,7 +7,8 @@
    Paired per caption: the best prior's gain over each baseline (mean, bootstrap 95% interval, win rate).
 2. text -> prior -> decoder -> image, read by the attribute reader: the fraction of images whose
    colours, shapes (as multisets) and style are those the caption names. Scenes with the unnamed
-   concept shape are left out (their captions call it "object").
+   concept shape are left out (their captions call it "object"). A decoder trained with captions
+   (train_decoder.py --caption) also reads the caption.
 
     python bench/prior.py [--n 500] [--guidance 2] [--decoder-guidance 3] [--steps 2]   # prints JSON
 """
@@ -78,7 +79,10 @@ result["paired_best_prior_minus"] = {"text_embedding": paired(best, text), "near
                                     "linear_map_of_text": paired(best, linear)}
 
 if not a.no_decoder:
-    x = torch.cat([decode(models, best[j:j + 100], a.decoder_guidance, a.decoder_steps, generator=torch.Generator().manual_seed(j))
+    # a decoder trained with captions (train_decoder.py --caption) also reads the caption, as unCLIP's does
+    cap = encode_texts(models.clip, captions) if models.decoder[0].config.context_dim else None
+    x = torch.cat([decode(models, best[j:j + 100], a.decoder_guidance, a.decoder_steps, generator=torch.Generator().manual_seed(j),
+                          caption={k: v[j:j + 100] for k, v in cap.items()} if cap else None)
                    for j in range(0, a.n, 100)])
     got = read(load_reader(), x)
     ms = lambda s, k: sorted(getattr(o, k) for o in s.objects)
@@ -87,6 +91,6 @@ if not a.no_decoder:
     acc["all_three"] = sum(ms(s, "color") == ms(r, "color") and ms(s, "shape") == ms(r, "shape") and s.style == r.style
                            for s, r in zip(scenes, got)) / a.n
     result["text_to_image_reader_accuracy"] = {k: round(v, 4) for k, v in acc.items()}
-    result["prior_guidance"], result["decoder_guidance"] = best_g, a.decoder_guidance
+    result["prior_guidance"], result["decoder_guidance"], result["decoder_reads_caption"] = best_g, a.decoder_guidance, cap is not None
 result["seconds"] = round(time.time() - t0)
 print(json.dumps(result, indent=1))

@@ -76,6 +76,19 @@ def instruct_kwargs(source, text_emb, text_states, text_mask, drop_image=None, d
             "context": text_states, "context_mask": text_mask & ~drop_text[:, None]}
 
 
+def decoder_kwargs(emb, drop_emb, caption=None, drop_caption=None):
+    """The decoder UNet's keyword arguments with its nulls applied: a dropped embedding becomes the
+    learned null embedding; a caption (dict of CLIP token "states" (B, T, W) and "mask" (B, T), for a
+    decoder with unCLIP's text path) has every token masked out where drop_caption is set (default:
+    where drop_emb is). drop_* are (B,) bool."""
+    kw = {"emb": emb, "drop_emb": drop_emb}
+    if caption is not None:
+        drop = drop_emb if drop_caption is None else drop_caption
+        kw["context"] = caption["states"].float()
+        kw["context_mask"] = caption["mask"] & ~drop[:, None]
+    return kw
+
+
 def instruct_cfg(model, s_image, s_text, source, text_emb, text_states, text_mask):
     """Two-condition guidance for the instruction-editing UNet on a batch of (source, instruction)."""
     B = source.shape[0]

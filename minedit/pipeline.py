@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from minedit import clip as clip_lib
 from minedit.diffusion import GaussianDiffusion, randn
-from minedit.guidance import cfg, instruct_cfg
+from minedit.guidance import cfg, decoder_kwargs, instruct_cfg
 from minedit.prior import Prior, PriorConfig, rerank
 from minedit.tokenizer import tokenize
 from minedit.unet import UNet, UNetConfig
@@ -158,20 +158,25 @@ def text_to_embedding(models, texts, guidance=1.0, steps=PRIOR_STEPS, n_best=2, 
     return rerank(cands, t["emb"])
 
 
-def decoder_model(unet, emb, guidance):
-    """The decoder as a denoiser (x, t) conditioned on emb (B, E), with CFG at scale `guidance`."""
+def decoder_model(unet, emb, guidance, caption=None):
+    """The decoder as a denoiser (x, t) conditioned on emb (B, E), with CFG at scale `guidance`. A decoder
+    trained with captions (`train_decoder.py --caption`) also reads `caption`, encode_texts' dict for the
+    batch; the unconditional branch drops both."""
+    if caption is not None and not unet.config.context_dim:
+        raise ValueError("this decoder was trained without captions")
     drop = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-    return cfg(unet, guidance, {"emb": emb, "drop_emb": ~drop}, {"emb": emb, "drop_emb": drop})
+    return cfg(unet, guidance, decoder_kwargs(emb, ~drop, caption), decoder_kwargs(emb, drop, caption))
 
 
 @torch.no_grad()
-def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None):
-    """Images (B, 3, H, W) in [-1, 1] from CLIP image embeddings (B, E), DDIM from noise (or fresh noise)."""
+def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None, caption=None):
+    """Images (B, 3, H, W) in [-1, 1] from CLIP image embeddings (B, E), DDIM from noise (or fresh noise);
+    `caption` as in decoder_model."""
     unet, diffusion = models.decoder
     if noise is None:
         r = unet.config.image_size
         noise = randn((emb.shape[0], unet.config.out_channels, r, r), generator, emb.device)
-    return diffusion.ddim_sample(decoder_model(unet, emb, guidance), noise=noise, steps=steps)
+    return diffusion.ddim_sample(decoder_model(unet, emb, guidance, caption), noise=noise, steps=steps)
 
 
 def slerp(a, b, theta):

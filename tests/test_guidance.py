@@ -81,6 +81,29 @@ def test_instruct_kwargs_apply_the_nulls():
     assert not kw["context_mask"][1].any() and kw["context_mask"][[0, 2]].all()
 
 
+def test_decoder_kwargs_apply_the_nulls_and_a_fully_masked_caption_is_no_caption():
+    from minedit.guidance import decoder_kwargs
+    from minedit.unet import UNet, UNetConfig
+    emb, cap = torch.randn(3, 16), {"states": torch.randn(3, 5, 24).half(), "mask": torch.ones(3, 5, dtype=torch.bool)}
+    de, dc = torch.tensor([True, False, False]), torch.tensor([True, True, False])
+    assert decoder_kwargs(emb, de) == {"emb": emb, "drop_emb": de}  # no caption: the decoder's usual arguments
+    kw = decoder_kwargs(emb, de, cap, dc)
+    assert torch.equal(kw["drop_emb"], de) and kw["context"].dtype == torch.float32
+    assert not kw["context_mask"][:2].any() and kw["context_mask"][2].all()
+    assert torch.equal(decoder_kwargs(emb, de, cap)["context_mask"][:, 0], ~de)  # the caption drops with the embedding
+    # the unconditional branch (every caption token masked) predicts what a decoder given no caption does
+    unet = UNet(UNetConfig(embed_dim=16, context_dim=24)).eval()
+    with torch.no_grad():  # the zero-initialized output layers get weights, so that every input shows
+        for p in unet.parameters():
+            p.add_(0.1 * torch.randn(p.shape) * (p == 0))
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([5, 500, 900])
+    with torch.no_grad():
+        masked = unet(x, t, **decoder_kwargs(emb, de, cap, torch.ones(3, dtype=torch.bool)))
+        none = unet(x, t, **decoder_kwargs(emb, de))
+        kept = unet(x, t, **decoder_kwargs(emb, de, cap, torch.zeros(3, dtype=torch.bool)))
+    assert torch.allclose(masked, none, atol=1e-5) and (kept - none).abs().max() > 1e-4
+
+
 def test_residual_instruct_variable_round_trips_and_is_zero_where_nothing_changes():
     from minedit.pipeline import instruct_bound, instruct_result, instruct_variable
     from minedit.unet import UNet, UNetConfig

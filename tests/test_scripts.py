@@ -226,8 +226,62 @@ def test_train_instruct_starts_from_the_shipped_decoder_by_default(tmp_path):
     r = run([*common, "--model-channels", "32", "--out", str(tmp_path / "bad.pt")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--init" in r.stderr and "differs" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.pt").exists()
-    r = run([script, "--init", dec, "--out", str(tmp_path / "bad.pt")], tmp_path)  # a decoder has no --init
-    assert r.returncode == 2 and "--init" in r.stderr and not (tmp_path / "bad.pt").exists()
+    r = run([common[0], "--init", dec, *common[3:], "--out", str(tmp_path / "dec.pt")], tmp_path)  # a decoder from a decoder
+    m = re.search(r"initialized (\d+) of (\d+) tensors from (\S+)", r.stdout)
+    assert r.returncode == 0 and m and m[1] == m[2], r.stderr + r.stdout
+    assert torch.load(tmp_path / "dec.pt", weights_only=True)["init_sha256_16"] == file_hash(dec)
+
+
+def test_train_decoder_with_captions_from_a_decoder_resume_and_folder(tiny_clip, tmp_path):
+    script, dec = os.path.join(ROOT, "train_decoder.py"), tmp_path / "dec.pt"
+    r = run([script, "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(dec)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "cap.pt"
+    r = run([script, "--caption", "--init", str(dec), "--clip", str(tiny_clip), "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"initialized (\d+) of (\d+) tensors", r.stdout)
+    assert m and int(m[1]) == int(m[2]) - 2, r.stdout  # all but the caption's projection (weight, bias)
+    ck = torch.load(out, weights_only=True)
+    from minedit.utils import file_hash
+    assert ck["kind"] == "decoder" and ck["config"]["context_dim"] == 64 and ck["config"]["in_channels"] == 3
+    assert ck["init_sha256_16"] == file_hash(dec)
+    r = run([script, "--resume", str(out), "--clip", str(tiny_clip), "--steps", "3", *TINY_UNET, "--out", str(tmp_path / "cap2.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr  # a resumed caption decoder keeps reading captions
+    ck2 = torch.load(tmp_path / "cap2.pt", weights_only=True)
+    assert ck2["step"] == 3 and ck2["config"]["context_dim"] == 64 and ck2["init_sha256_16"] == ck["init_sha256_16"]
+    # the pipeline's decoder reads the caption; a decoder trained without captions refuses one
+    from minedit.pipeline import decoder_model, encode_texts, load_decoder
+    from minedit.clip import load
+    clip, _ = load(tiny_clip)
+    unet, _, _ = load_decoder(str(tmp_path / "cap2.pt"))
+    with torch.no_grad():  # the zero-initialized (barely trained) output layers get weights, so that the caption shows
+        for name, p in unet.named_parameters():
+            if name.startswith("out.") or "proj_out" in name or "out_layers.3" in name:
+                p.normal_(0, 0.1)
+    emb, x, t = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1), torch.randn(2, 3, 32, 32), torch.tensor([500, 500])
+    with torch.no_grad():
+        caps = [encode_texts(clip, [c, c]) for c in ("a red circle", "a big blue star at the top")]
+        a, b = (decoder_model(unet, emb, 3.0, c)(x, t) for c in caps)
+    assert (a - b).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="without captions"):
+        decoder_model(load_decoder(str(dec))[0], emb, 3.0, caps[0])
+    # a folder of images needs same-name .txt captions
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    cmd = [script, "--caption", "--init", str(dec), "--clip", str(tiny_clip), "--data", str(folder), "--steps", "1", *TINY_UNET]
+    r = run([*cmd, "--out", str(tmp_path / "bad.pt")], tmp_path)
+    assert r.returncode == 2 and ".txt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.pt").exists()
+    for i in range(3):
+        (folder / f"{i}.txt").write_text(f"a gray square number {i}")
+    r = run([*cmd, "--out", str(tmp_path / "folder.pt")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for bad in (["--task", "instruct", "--caption"], ["--caption", "--resume", str(dec)]):  # no captions for these
+        r = run([script, *bad, "--clip", str(tiny_clip), *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
+        assert r.returncode == 2 and "--caption" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "bad.pt").exists()
 
 
 def test_init_from_decoder_zero_inits_the_new_channels():
