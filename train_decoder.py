@@ -224,9 +224,10 @@ def main():
     seed_everything(tc.seed + rank)
     res = args["image_size"] or UNetConfig.image_size
     base = unet_config(ckpt["config"]) if ckpt else UNetConfig()
-    if (task == "instruct" and not ckpt) or init:  # the decoder's architecture; instruct: with 6 input channels
+    if (task == "instruct" and not ckpt) or init:  # the decoder's architecture
         base = unet_config(init["config"]) if init else UNetConfig()
-        base.in_channels = 2 * base.out_channels if task == "instruct" else base.in_channels
+        if task == "instruct":  # with the source image's channels
+            base.in_channels = 2 * base.out_channels
     mc = training.override(base, args)
     if not ckpt:
         mc.residual = task == "instruct" and not args["no_residual"]
