@@ -143,8 +143,8 @@ def retrieval(model, scenes):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--clip", default="checkpoints/clip.pt")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clip", default="checkpoints/clip.pt", help="any CLIP clip.load reads (default: %(default)s)")
     p.add_argument("--n", type=int, default=1000, help="test scenes for zero-shot (default %(default)s)")
     p.add_argument("--paraphrases", type=int, default=0,
                    help="zero-shot: average each candidate's text embedding over K paraphrases too "

@@ -6,6 +6,7 @@ in the main figure; `text_ratio_short_captions` shows the typical case separatel
 
     python bench/clip_speed.py     # prints JSON
 """
+import argparse
 import json
 
 import torch
@@ -15,6 +16,7 @@ from minedit import clip
 from minedit.tokenizer import tokenize
 from timing import interleaved_medians
 
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 torch.set_num_threads(2)
 torch.manual_seed(0)
 cfg = CLIPConfig(text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),

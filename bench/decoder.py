@@ -21,14 +21,15 @@ from minedit.guidance import decoder_kwargs
 from minedit.pipeline import decoder_model, encode_texts, load_decoder
 from minedit.reader import load_reader, read
 
-p = argparse.ArgumentParser()
-p.add_argument("--decoder", default="checkpoints/decoder.pt")
-p.add_argument("--clip", default="checkpoints/clip.pt")
-p.add_argument("--n", type=int, default=500)
-p.add_argument("--n-inversion", type=int, default=100)
-p.add_argument("--guidance", type=float, default=3.0)
-p.add_argument("--steps", type=int, default=50)
-p.add_argument("--batch", type=int, default=100)
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--decoder", default="checkpoints/decoder.pt", help="the decoder to score (default: %(default)s)")
+p.add_argument("--clip", default="checkpoints/clip.pt", help="the CLIP it was trained on (default: %(default)s)")
+p.add_argument("--n", type=int, default=500, help="test scenes to reconstruct from their embeddings (default: %(default)s)")
+p.add_argument("--n-inversion", type=int, default=100,
+               help="of them, images for the DDIM-inversion round trip (default: %(default)s)")
+p.add_argument("--guidance", type=float, default=3.0, help="CFG scale on the embedding, 1 = none (default: %(default)s)")
+p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+p.add_argument("--batch", type=int, default=100, help="images sampled at once (default: %(default)s)")
 p.add_argument("--no-caption", action="store_true", help="a caption decoder without its caption (the embedding alone)")
 p.add_argument("--seed", type=int, default=0, help="sampling seed; others show how much the figures move with the noise alone")
 a = p.parse_args()

@@ -31,9 +31,10 @@ from minedit import toyworld as tw
 from minedit.reader import attributes, load_reader, read
 from minedit.utils import CHECKPOINTS
 
-p = argparse.ArgumentParser()
-p.add_argument("--weights", default=str(CHECKPOINTS))
-p.add_argument("--n", type=int, default=500)
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--weights", default=str(CHECKPOINTS),
+               help="folder of clip.pt, decoder.pt, prior.pt, instruct.pt (default: the shipped ones)")
+p.add_argument("--n", type=int, default=500, help="triplets every method is scored on (default: %(default)s)")
 p.add_argument("--split", default="test", choices=["test", "val", "train"],
                help="triplets to score: test (default; each has a held-out shape-colour pair), val (in distribution, "
                     "unseen) or train (seen in training); comparing them separates composition from fitting")
@@ -44,22 +45,27 @@ p.add_argument("--per-kind", type=int, default=0,
                     "tighter than the 30-70 of each type among --n (each with a 95%% Wilson interval)")
 p.add_argument("--kinds", nargs="+", default=list(tw.EDIT_KINDS), choices=tw.EDIT_KINDS, metavar="KIND",
                help="the edit types --per-kind covers (default: all nine)")
-p.add_argument("--methods", nargs="+", default=["instruct", "sdedit", "textdiff", "ref"])
-p.add_argument("--steps", type=int, default=20)
-p.add_argument("--cfg-image", type=float, default=1.0)
-p.add_argument("--cfg-text", type=float, default=2.0)
+p.add_argument("--methods", nargs="+", default=["instruct", "sdedit", "textdiff", "ref"],
+               help="methods to score (default: all four)")
+p.add_argument("--steps", type=int, default=20, help="DDIM steps of the image model (default: %(default)s, as edit.py)")
+p.add_argument("--cfg-image", type=float, default=1.0, help="instruct: image guidance s_I (default: %(default)s)")
+p.add_argument("--cfg-text", type=float, default=2.0, help="instruct: text guidance s_T (default: %(default)s)")
 p.add_argument("--eta", type=float, default=pipeline.INSTRUCT_ETA,
                help="instruct: DDIM eta (default: %(default)s, as the pipeline; 0 = deterministic)")
-p.add_argument("--grid-image", type=float, nargs="+", default=[1.0, 1.5])
-p.add_argument("--grid-text", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
-p.add_argument("--strength", type=float, default=0.6)
-p.add_argument("--prior-guidance", type=float, default=1.0, help="sdedit: the prior's CFG scale (default: %(default)s, as the pipeline)")
-p.add_argument("--prior-steps", type=int, default=pipeline.PRIOR_STEPS, help="sdedit: the prior's DDIM steps (default: %(default)s, as the pipeline)")
+p.add_argument("--grid-image", type=float, nargs="+", default=[1.0, 1.5],
+               help="instruct grid: the s_I values (default: %(default)s)")
+p.add_argument("--grid-text", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0],
+               help="instruct grid: the s_T values (default: %(default)s)")
+p.add_argument("--strength", type=float, default=0.6, help="sdedit: how far the source is noised, 0-1 (default: %(default)s)")
+p.add_argument("--prior-guidance", type=float, default=1.0,
+               help="sdedit: the prior's CFG scale (default: %(default)s, as the pipeline)")
+p.add_argument("--prior-steps", type=int, default=pipeline.PRIOR_STEPS,
+               help="sdedit: the prior's DDIM steps (default: %(default)s, as the pipeline)")
 p.add_argument("--theta", type=float, default=pipeline.THETA,
                help="textdiff, ref: slerp fraction (default: %(default)s, as the pipeline)")
 p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b draws from seed 1000 * SEED + b); "
                                                     "other seeds measure how much a figure moves with the noise alone")
-p.add_argument("--batch", type=int, default=100)
+p.add_argument("--batch", type=int, default=100, help="triplets edited at once (default: %(default)s)")
 p.add_argument("--out", default=None, help="also write the JSON here")
 a = p.parse_args()
 if a.n == 0 and (a.n_grid or set(a.methods) - {"instruct"} or not a.per_kind):

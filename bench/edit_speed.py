@@ -14,10 +14,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-p = argparse.ArgumentParser()
-p.add_argument("--runs", type=int, default=7)
-p.add_argument("--method", default="instruct")
-p.add_argument("--text", default="in neon lights")
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--runs", type=int, default=7, help="timed runs of each command (default: %(default)s)")
+p.add_argument("--method", default="instruct", help="edit.py --method to time (default: %(default)s)")
+p.add_argument("--text", default="in neon lights", help="the instruction (default: %(default)s)")
 a = p.parse_args()
 
 

@@ -25,14 +25,16 @@ from minedit.pipeline import PRIOR_STEPS, Models, decode, encode_images, encode_
 from minedit.reader import load_reader, read
 from minedit.utils import CHECKPOINTS
 
-p = argparse.ArgumentParser()
-p.add_argument("--weights", default=str(CHECKPOINTS))
-p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 2e-2])
-p.add_argument("--regs", type=float, nargs="+", default=[0.0, 0.1])
-p.add_argument("--steps", type=int, default=200)
-p.add_argument("--n", type=int, default=64)
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--weights", default=str(CHECKPOINTS), help="folder of clip.pt, decoder.pt, prior.pt (default: the shipped ones)")
+p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 2e-2], help="learning rates to try (default: %(default)s)")
+p.add_argument("--regs", type=float, nargs="+", default=[0.0, 0.1],
+               help="weights of the L2 pull to the initial word to try (default: %(default)s)")
+p.add_argument("--steps", type=int, default=200, help="optimization steps per setting (default: %(default)s)")
+p.add_argument("--n", type=int, default=64, help="samples (and editing prompts) per setting (default: %(default)s)")
 p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the decoder")
-p.add_argument("--prior-steps", type=int, default=PRIOR_STEPS, help="DDIM steps of the prior (default: %(default)s, as the pipeline)")
+p.add_argument("--prior-steps", type=int, default=PRIOR_STEPS,
+               help="DDIM steps of the prior (default: %(default)s, as the pipeline)")
 p.add_argument("--prior-guidance", type=float, default=2.0, help="the prior's guidance scale (default: %(default)s)")
 p.add_argument("--plot", default=None, help="write the trade-off plot here (needs matplotlib)")
 p.add_argument("--save-best", default=None, help="write the embedding of the best setting here")

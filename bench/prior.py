@@ -25,13 +25,13 @@ from minedit.pipeline import PRIOR_STEPS, Models, decode, encode_images, encode_
 from minedit.reader import load_reader, read
 from minedit.utils import CHECKPOINTS
 
-p = argparse.ArgumentParser()
-p.add_argument("--weights", default=str(CHECKPOINTS))
-p.add_argument("--n", type=int, default=500)
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--weights", default=str(CHECKPOINTS), help="folder of clip.pt, prior.pt, decoder.pt (default: the shipped ones)")
+p.add_argument("--n", type=int, default=500, help="held-out test captions (default: %(default)s)")
 p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="prior CFG scales to compare")
-p.add_argument("--decoder-guidance", type=float, default=3.0)
+p.add_argument("--decoder-guidance", type=float, default=3.0, help="part 2: the decoder's CFG scale (default: %(default)s)")
 p.add_argument("--steps", type=int, default=PRIOR_STEPS, help="the prior's DDIM steps (default: %(default)s, as the pipeline)")
-p.add_argument("--decoder-steps", type=int, default=25)
+p.add_argument("--decoder-steps", type=int, default=25, help="part 2: the decoder's DDIM steps (default: %(default)s)")
 p.add_argument("--no-decoder", action="store_true", help="skip part 2")
 a = p.parse_args()
 torch.set_num_threads(2)

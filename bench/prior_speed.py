@@ -17,10 +17,10 @@ from minedit.prior import Prior, PriorConfig
 from minedit.utils import autocast
 from timing import interleaved_medians
 
-p = argparse.ArgumentParser()
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
 p.add_argument("--steps", type=int, default=10, help="training steps per round and kernel")
-p.add_argument("--batch", type=int, default=128)
+p.add_argument("--batch", type=int, default=128, help="captions per training step (default: %(default)s)")
 p.add_argument("--tokens", type=int, default=30, help="caption token states (toy-world captions: up to about 30)")
 a = p.parse_args()
 torch.set_num_threads(2)

@@ -3,6 +3,7 @@ on held-out test renders (clean at 32 px and 64 px, and with pixel noise to show
 
     python bench/toyworld.py        # prints JSON
 """
+import argparse
 import json
 import time
 
@@ -11,6 +12,7 @@ import torch
 from minedit import toyworld as tw
 from minedit.reader import accuracy, load_reader
 
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 torch.set_num_threads(1)
 scenes = [tw.sample_scene(0, "test", i) for i in range(5000)]
 for s in scenes[:2000]:

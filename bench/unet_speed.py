@@ -13,10 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from minedit.unet import UNet, UNetConfig
 from timing import interleaved_medians
 
-p = argparse.ArgumentParser()
-p.add_argument("--channels", type=int, default=48)
-p.add_argument("--batch", type=int, default=16)
-p.add_argument("--reps", type=int, default=7)
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--channels", type=int, default=48, help="base channels of both UNets (default: %(default)s)")
+p.add_argument("--batch", type=int, default=16, help="32 px images per call (default: %(default)s)")
+p.add_argument("--reps", type=int, default=7, help="interleaved rounds (default: %(default)s)")
 a = p.parse_args()
 torch.set_num_threads(2)
 torch.manual_seed(0)

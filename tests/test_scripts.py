@@ -466,3 +466,30 @@ def test_pretrain_teaches_the_image_tower_only(monkeypatch):
         z = model.encode_image(normalize(x, 32))
         for head, y in zip(heads, (shape, color)):
             assert (head(z).argmax(1) == y).float().mean() > 0.9  # chance: 1/9, 1/8
+
+
+class _Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("script", sorted(f for f in os.listdir(os.path.join(ROOT, "bench")) if f.endswith(".py") and f != "timing.py"))
+def test_every_bench_explains_itself(script, monkeypatch):
+    """`python bench/X.py --help` shows the module docstring and a help text for every flag (the parser is
+    caught at parse_args, so nothing is computed)."""
+    import argparse
+    import ast
+    import runpy
+    seen = []
+
+    def catch(parser, *args, **kw):
+        seen.append(parser)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    path = os.path.join(ROOT, "bench", script)
+    with pytest.raises(_Parsed):
+        runpy.run_path(path, run_name="__main__")
+    with open(path) as f:
+        assert seen[0].description == ast.get_docstring(ast.parse(f.read()), clean=False)
+    assert [a.dest for a in seen[0]._actions if not a.help] == []
