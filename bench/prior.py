@@ -7,8 +7,9 @@
    Paired per caption: the best prior's gain over each baseline (mean, bootstrap 95% interval, win rate).
 2. text -> prior -> decoder -> image, read by the attribute reader: the fraction of images whose
    colours, shapes (as multisets) and style are those the caption names. Scenes with the unnamed
-   concept shape are left out (their captions call it "object"). A decoder trained with captions
-   (train_decoder.py --caption) also reads the caption.
+   concept shape are left out (their captions call it "object"). Also split by the caption's object
+   count, and the same decoding from each scene's true image embedding (a perfect prior: what is left
+   is the decoder's). A decoder trained with captions (train_decoder.py --caption) also reads the caption.
 
     python bench/prior.py [--n 500] [--guidance 2] [--decoder-guidance 3] [--steps 2]   # prints JSON
 """
@@ -32,6 +33,8 @@ p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0], hel
 p.add_argument("--decoder-guidance", type=float, default=3.0, help="part 2: the decoder's CFG scale (default: %(default)s)")
 p.add_argument("--steps", type=int, default=PRIOR_STEPS, help="the prior's DDIM steps (default: %(default)s, as the pipeline)")
 p.add_argument("--decoder-steps", type=int, default=25, help="part 2: the decoder's DDIM steps (default: %(default)s)")
+p.add_argument("--n-best", type=int, default=2, help="prior samples per caption, the one closest to the caption's CLIP text "
+                    "embedding kept (default: %(default)s, as the pipeline and DALL-E 2)")
 p.add_argument("--no-decoder", action="store_true", help="skip part 2")
 a = p.parse_args()
 torch.set_num_threads(2)
@@ -54,11 +57,12 @@ X = torch.cat([train_text, torch.ones(len(train_text), 1)], 1)
 W = torch.linalg.solve(X.T @ X + 1e-2 * torch.eye(X.shape[1]), X.T @ train_emb)
 linear = F.normalize(torch.cat([text, torch.ones(len(text), 1)], 1) @ W, dim=-1)
 cos = lambda z: round((z * true).sum(-1).mean().item(), 4)
-result = {"n": a.n, "cosine_to_true_image_embedding": {"text_embedding": cos(text), "nearest_train_image": cos(nearest),
-                                                       "linear_map_of_text": cos(linear)}}
+result = {"n": a.n, "n_best": a.n_best,
+          "cosine_to_true_image_embedding": {"text_embedding": cos(text), "nearest_train_image": cos(nearest),
+                                             "linear_map_of_text": cos(linear)}}
 best, best_g = None, None
 for g in a.guidance:
-    z = text_to_embedding(models, captions, guidance=g, steps=a.steps, generator=torch.Generator().manual_seed(0))
+    z = text_to_embedding(models, captions, guidance=g, steps=a.steps, n_best=a.n_best, generator=torch.Generator().manual_seed(0))
     result["cosine_to_true_image_embedding"][f"prior_cfg{g:g}"] = cos(z)
     if best is None or cos(z) > cos(best):
         best, best_g = z, g
@@ -81,16 +85,39 @@ result["paired_best_prior_minus"] = {"text_embedding": paired(best, text), "near
 if not a.no_decoder:
     # a decoder trained with captions (train_decoder.py --caption) also reads the caption, as unCLIP's does
     cap = encode_texts(models.clip, captions) if models.decoder[0].config.context_dim else None
-    x = torch.cat([decode(models, best[j:j + 100], a.decoder_guidance, a.decoder_steps, generator=torch.Generator().manual_seed(j),
-                          caption={k: v[j:j + 100] for k, v in cap.items()} if cap else None)
-                   for j in range(0, a.n, 100)])
-    got = read(load_reader(), x)
+    reader = load_reader()
     ms = lambda s, k: sorted(getattr(o, k) for o in s.objects)
-    acc = {k: sum(ms(s, k) == ms(r, k) for s, r in zip(scenes, got)) / a.n for k in ("color", "shape")}
-    acc["style"] = sum(s.style == r.style for s, r in zip(scenes, got)) / a.n
-    acc["all_three"] = sum(ms(s, "color") == ms(r, "color") and ms(s, "shape") == ms(r, "shape") and s.style == r.style
-                           for s, r in zip(scenes, got)) / a.n
-    result["text_to_image_reader_accuracy"] = {k: round(v, 4) for k, v in acc.items()}
+
+    def reader_accuracy(pairs):
+        """Fractions of (caption's scene, read scene) pairs whose colours, shapes (as multisets) and style agree."""
+        rate = lambda same: round(sum(same(s, r) for s, r in pairs) / len(pairs), 4)
+        acc = {k: rate(lambda s, r: ms(s, k) == ms(r, k)) for k in ("color", "shape")}
+        acc["style"] = rate(lambda s, r: s.style == r.style)
+        acc["all_three"] = rate(lambda s, r: ms(s, "color") == ms(r, "color") and ms(s, "shape") == ms(r, "shape")
+                                and s.style == r.style)
+        return acc
+
+    def decode_and_read(z):
+        """Decode the embeddings z (same noise for every z), read the images; accuracy overall and by the caption's
+        object count (two objects also ask the embedding which colour goes with which shape)."""
+        x = torch.cat([decode(models, z[j:j + 100], a.decoder_guidance, a.decoder_steps,
+                              generator=torch.Generator().manual_seed(j),
+                              caption={k: v[j:j + 100] for k, v in cap.items()} if cap else None)
+                       for j in range(0, a.n, 100)])
+        pairs = list(zip(scenes, read(reader, x)))
+        by_count = {}
+        for k in sorted({len(s.objects) for s in scenes}):
+            sub = [(s, r) for s, r in pairs if len(s.objects) == k]
+            by_count[str(k)] = {"n": len(sub), **reader_accuracy(sub)}
+        return reader_accuracy(pairs), by_count
+
+    acc, by_count = decode_and_read(best)
+    result["text_to_image_reader_accuracy"] = acc
+    result["text_to_image_reader_accuracy_by_object_count"] = by_count
+    # the decoder's share: the same decoding from the true image embedding of each caption's scene (a perfect prior)
+    acc, by_count = decode_and_read(true)
+    result["true_image_embedding_reader_accuracy"] = acc
+    result["true_image_embedding_reader_accuracy_by_object_count"] = by_count
     result["prior_guidance"], result["decoder_guidance"], result["decoder_reads_caption"] = best_g, a.decoder_guidance, cap is not None
 result["seconds"] = round(time.time() - t0)
 print(json.dumps(result, indent=1))
