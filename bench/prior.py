@@ -1,4 +1,5 @@
-"""Diffusion prior quality on held-out test captions (unseen shape-colour combinations).
+"""Diffusion prior quality on held-out test captions (unseen shape-colour combinations; --split val or
+train for the other splits).
 
 1. Cosine similarity between an embedding and the true CLIP image embedding of the scene the caption
    describes, for: the prior's sample (best of 2), the caption's text embedding used directly, the
@@ -28,7 +29,13 @@ from minedit.utils import CHECKPOINTS
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--weights", default=str(CHECKPOINTS), help="folder of clip.pt, prior.pt, decoder.pt (default: the shipped ones)")
-p.add_argument("--n", type=int, default=500, help="held-out test captions (default: %(default)s)")
+p.add_argument("--n", type=int, default=500, help="captions (default: %(default)s)")
+p.add_argument("--split", default="test", choices=tw.SPLITS,
+               help="where the captions come from (default: %(default)s: every scene holds an unseen shape-colour "
+                    "pair); val and train hold seen pairs only, so the gap between them and test is the unseen pairs'")
+p.add_argument("--world-seed", type=int, default=1,
+               help="the toy world's seed for the captions (default %(default)s; another seed draws other scenes of the "
+                    "same split, e.g. to choose between priors on unseen pairs without the reported draw)")
 p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="prior CFG scales to compare")
 p.add_argument("--decoder-guidance", type=float, default=3.0, help="part 2: the decoder's CFG scale (default: %(default)s)")
 p.add_argument("--steps", type=int, default=PRIOR_STEPS, help="the prior's DDIM steps (default: %(default)s, as the pipeline)")
@@ -42,7 +49,7 @@ t0 = time.time()
 models = Models(a.weights)
 scenes, i = [], 0
 while len(scenes) < a.n:
-    s = tw.sample_scene(1, "test", i)
+    s = tw.sample_scene(a.world_seed, a.split, i)
     i += 1
     if all(o.shape != tw.CONCEPT for o in s.objects):
         scenes.append(s)
@@ -57,7 +64,7 @@ X = torch.cat([train_text, torch.ones(len(train_text), 1)], 1)
 W = torch.linalg.solve(X.T @ X + 1e-2 * torch.eye(X.shape[1]), X.T @ train_emb)
 linear = F.normalize(torch.cat([text, torch.ones(len(text), 1)], 1) @ W, dim=-1)
 cos = lambda z: round((z * true).sum(-1).mean().item(), 4)
-result = {"n": a.n, "n_best": a.n_best,
+result = {"split": a.split, "world_seed": a.world_seed, "n": a.n, "n_best": a.n_best,
           "cosine_to_true_image_embedding": {"text_embedding": cos(text), "nearest_train_image": cos(nearest),
                                              "linear_map_of_text": cos(linear)}}
 best, best_g = None, None
