@@ -11,6 +11,7 @@ train for the other splits).
    concept shape are left out (their captions call it "object"). Also split by the caption's object
    count, and the same decoding from each scene's true image embedding (a perfect prior: what is left
    is the decoder's). A decoder trained with captions (train_decoder.py --caption) also reads the caption.
+   --rerank-images K adds a row where K images are decoded per caption and CLIP picks one (DALL-E's reranking).
 
     python bench/prior.py [--n 500] [--guidance 2] [--decoder-guidance 3] [--steps 2]   # prints JSON
 """
@@ -25,7 +26,7 @@ from minedit import toyworld as tw
 from minedit import training
 from minedit.pipeline import PRIOR_STEPS, Models, decode, encode_images, encode_texts, text_to_embedding
 from minedit.reader import load_reader, read
-from minedit.utils import CHECKPOINTS
+from minedit.utils import CHECKPOINTS, load_checkpoint
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--weights", default=str(CHECKPOINTS), help="folder of clip.pt, prior.pt, decoder.pt (default: the shipped ones)")
@@ -42,6 +43,10 @@ p.add_argument("--steps", type=int, default=PRIOR_STEPS, help="the prior's DDIM 
 p.add_argument("--decoder-steps", type=int, default=25, help="part 2: the decoder's DDIM steps (default: %(default)s)")
 p.add_argument("--n-best", type=int, default=2, help="prior samples per caption, the one closest to the caption's CLIP text "
                     "embedding kept (default: %(default)s, as the pipeline and DALL-E 2)")
+p.add_argument("--rerank-images", type=int, default=0, metavar="K",
+               help="part 2 also: decode K images per caption (K decoder noises) and keep the one whose CLIP image "
+                    "embedding is closest to the caption's text embedding, as DALL-E reranks its images; K times the "
+                    "decoding (default: 0, off)")
 p.add_argument("--no-decoder", action="store_true", help="skip part 2")
 a = p.parse_args()
 torch.set_num_threads(2)
@@ -56,7 +61,9 @@ while len(scenes) < a.n:
 captions = [tw.caption(s) for s in scenes]
 true = encode_images(models.clip, tw.render_batch(scenes, 32))
 text = encode_texts(models.clip, captions)["emb"]
-_, data, train_emb = training.toy_training_set(models.path("clip"), 20000, 0, 32)
+# the baselines see the prior's own training scenes (train_prior.py's --n-images and --seed)
+tc = load_checkpoint(models.path("prior"), kind="prior")["train_config"]
+_, data, train_emb = training.toy_training_set(models.path("clip"), tc["n_images"], tc["seed"], 32)
 nearest = train_emb[(text @ train_emb.T).argmax(1)]
 # a third baseline: the least-squares linear map text -> image embedding on the prior's training pairs
 train_text = training.toy_caption_features(models.path("clip"), data)["emb"]
@@ -64,7 +71,7 @@ X = torch.cat([train_text, torch.ones(len(train_text), 1)], 1)
 W = torch.linalg.solve(X.T @ X + 1e-2 * torch.eye(X.shape[1]), X.T @ train_emb)
 linear = F.normalize(torch.cat([text, torch.ones(len(text), 1)], 1) @ W, dim=-1)
 cos = lambda z: round((z * true).sum(-1).mean().item(), 4)
-result = {"split": a.split, "world_seed": a.world_seed, "n": a.n, "n_best": a.n_best,
+result = {"split": a.split, "world_seed": a.world_seed, "n": a.n, "n_best": a.n_best, "n_train_pairs": len(train_emb),
           "cosine_to_true_image_embedding": {"text_embedding": cos(text), "nearest_train_image": cos(nearest),
                                              "linear_map_of_text": cos(linear)}}
 best, best_g = None, None
@@ -104,13 +111,22 @@ if not a.no_decoder:
                                 and s.style == r.style)
         return acc
 
-    def decode_and_read(z):
+    def decode_all(z, seed=0):
+        return torch.cat([decode(models, z[j:j + 100], a.decoder_guidance, a.decoder_steps,
+                                 generator=torch.Generator().manual_seed(seed * 100003 + j),
+                                 caption={k: v[j:j + 100] for k, v in cap.items()} if cap else None)
+                          for j in range(0, a.n, 100)])
+
+    def decode_and_read(z, n_images=1):
         """Decode the embeddings z (same noise for every z), read the images; accuracy overall and by the caption's
-        object count (two objects also ask the embedding which colour goes with which shape)."""
-        x = torch.cat([decode(models, z[j:j + 100], a.decoder_guidance, a.decoder_steps,
-                              generator=torch.Generator().manual_seed(j),
-                              caption={k: v[j:j + 100] for k, v in cap.items()} if cap else None)
-                       for j in range(0, a.n, 100)])
+        object count (two objects also ask the embedding which colour goes with which shape). With n_images > 1,
+        that many images per caption and the one CLIP finds closest to the caption is read."""
+        x = decode_all(z)
+        if n_images > 1:
+            xs = torch.stack([x] + [decode_all(z, seed) for seed in range(1, n_images)])  # (k, n, 3, H, W)
+            with torch.no_grad():
+                score = torch.stack([(encode_images(models.clip, xi) * text).sum(-1) for xi in xs])  # (k, n)
+            x = xs[score.argmax(0), torch.arange(a.n)]
         pairs = list(zip(scenes, read(reader, x)))
         by_count = {}
         for k in sorted({len(s.objects) for s in scenes}):
@@ -121,6 +137,10 @@ if not a.no_decoder:
     acc, by_count = decode_and_read(best)
     result["text_to_image_reader_accuracy"] = acc
     result["text_to_image_reader_accuracy_by_object_count"] = by_count
+    if a.rerank_images > 1:
+        acc, by_count = decode_and_read(best, a.rerank_images)
+        result[f"text_to_image_reader_accuracy_best_of_{a.rerank_images}_images"] = acc
+        result[f"text_to_image_reader_accuracy_best_of_{a.rerank_images}_images_by_object_count"] = by_count
     # the decoder's share: the same decoding from the true image embedding of each caption's scene (a perfect prior)
     acc, by_count = decode_and_read(true)
     result["true_image_embedding_reader_accuracy"] = acc
