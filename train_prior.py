@@ -17,20 +17,20 @@ import torch
 
 from minedit import training
 from minedit.diffusion import GaussianDiffusion
-from minedit.prior import Prior, PriorConfig
+from minedit.prior import CHECKPOINT_VERSION, Prior, PriorConfig
 from minedit.utils import CHECKPOINTS, file_hash, seed_everything
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2200
+    steps: int = 3600
     batch_size: int = 128       # per process
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     p_uncond: float = 0.1       # text dropout for classifier-free guidance
-    n_images: int = 20000       # toy-world training scenes (shared with the decoder's cache)
+    n_images: int = 50000       # toy-world training scenes (their renders and CLIP features are cached)
     seed: int = 0
     timesteps: int = 1000
     schedule: str = "cosine"
@@ -72,6 +72,8 @@ def main():
     base = PriorConfig(**ckpt["config"]) if ckpt else PriorConfig()
     mc = training.override(base, args)
     mc.embed_dim, mc.text_width = image_emb.shape[1], text["states"].shape[2]
+    if not ckpt:  # token states are padded to a fixed length: the longest training caption, at most --max-text-len
+        mc.max_text_len = min(mc.max_text_len, text["states"].shape[1])
 
     prior = Prior(mc).to(device)
     prior.set_stats(image_emb.to(device))
@@ -79,7 +81,7 @@ def main():
     x_all = prior.standardize(image_emb.to(device))
     if rank == 0:
         print(f"prior: {sum(p.numel() for p in prior.parameters()) / 1e6:.2f} M parameters; {len(x_all)} pairs; "
-              f"embed dim {mc.embed_dim}; {world} process(es) on {device}; seed {tc.seed}; "
+              f"embed dim {mc.embed_dim}; text length {mc.max_text_len}; {world} process(es) on {device}; seed {tc.seed}; "
               f"steps {ckpt['step'] if ckpt else 0} -> {tc.steps}")
 
     def loss_fn(model, step, g):
@@ -89,7 +91,7 @@ def main():
               "text_mask": text["mask"][idx].to(device), "drop_text": drop}
         return diffusion.training_losses(model, x_all[idx], model_kwargs=kw, generator=g).mean()
 
-    meta = {"kind": "prior", "version": 1, "config": asdict(mc), "clip_sha256_16": file_hash(args["clip"])}
+    meta = {"kind": "prior", "version": CHECKPOINT_VERSION, "config": asdict(mc), "clip_sha256_16": file_hash(args["clip"])}
     training.fit(prior, loss_fn, tc, device, rank, world, ckpt, args["out"], meta, "prior", unit="pairs")
     if world > 1:
         torch.distributed.destroy_process_group()

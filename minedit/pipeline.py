@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from minedit import clip as clip_lib
 from minedit.diffusion import GaussianDiffusion, randn
 from minedit.guidance import cfg, decoder_kwargs, instruct_cfg
-from minedit.prior import Prior, PriorConfig, rerank
+from minedit.prior import CHECKPOINT_VERSION as PRIOR_VERSION, Prior, PriorConfig, rerank
 from minedit.tokenizer import tokenize
 from minedit.unet import UNet, UNetConfig
 from minedit.utils import file_hash, load_checkpoint
@@ -68,7 +68,7 @@ def load_decoder(path, kind="decoder"):
 
 def load_prior(path):
     """(Prior with EMA weights, GaussianDiffusion, checkpoint dict) from a prior checkpoint."""
-    ckpt = _checked(load_checkpoint(path, kind="prior"), path)
+    ckpt = _checked(load_checkpoint(path, kind="prior"), path, version=PRIOR_VERSION)
     prior = Prior(PriorConfig(**ckpt["config"]))
     prior.load_state_dict({k: v.float() for k, v in ckpt["model"].items()}, strict=True)
     tc = ckpt["train_config"]

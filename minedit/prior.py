@@ -34,12 +34,16 @@ from minedit.unet import timestep_embedding
 # their default.
 CPU_ATTENTION = SDPBackend.MATH
 
+# Checkpoint format. 2 (session 25): token states padded to max_text_len in every batch. Version-1 priors saw
+# the last four positions move with the batch's longest caption, so they cannot be run faithfully: retrain.
+CHECKPOINT_VERSION = 2
+
 
 @dataclass
 class PriorConfig:
     embed_dim: int = 128      # CLIP embedding size (text and image)
     text_width: int = 128     # CLIP text transformer width (token states)
-    max_text_len: int = 40    # token states beyond this are cut
+    max_text_len: int = 40    # token states are padded (masked) or cut to this fixed length
     width: int = 128
     layers: int = 4
     heads: int = 4
@@ -102,7 +106,12 @@ class Prior(nn.Module):
             text_mask = torch.ones(B, 0, dtype=torch.bool, device=x.device)
         elif text_mask is None:
             text_mask = torch.ones(text_states.shape[:2], dtype=torch.bool, device=x.device)
+        # A fixed length, as Karlo pads to 77: the last four positions must not depend on the batch's longest
+        # caption (they did before version 2, and one caption alone read 0.82 cosine where a batch read 0.96).
         text_states, text_mask = text_states[:, :c.max_text_len], text_mask[:, :c.max_text_len]
+        pad = c.max_text_len - text_states.shape[1]
+        text_states = torch.cat([text_states, text_states.new_zeros(B, pad, text_states.shape[2])], dim=1)
+        text_mask = torch.cat([text_mask, text_mask.new_zeros(B, pad)], dim=1)
         if drop_text is not None:
             text_emb = torch.where(drop_text[:, None], self.null_text_emb.to(text_emb.dtype), text_emb)
             text_mask = text_mask & ~drop_text[:, None]

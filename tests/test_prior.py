@@ -1,8 +1,10 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from minedit.diffusion import GaussianDiffusion
 from minedit.guidance import cfg
+from minedit.pipeline import load_prior
 from minedit.prior import Prior, PriorConfig, rerank
 
 
@@ -30,6 +32,19 @@ def test_shapes_and_text_longer_than_the_window():
     a["text_mask"] = torch.ones(3, 12, dtype=torch.bool)
     assert run(prior, **a).shape == (3, 16)
     assert run(prior, a["x"], a["t"], text_emb=a["text_emb"]).shape == (3, 16)  # embedding only
+
+
+def test_a_caption_reads_the_same_alone_and_in_any_batch():
+    """pipeline.encode_texts cuts the token states at the batch's longest caption, so a caption's states come
+    padded to different lengths in different batches; the prediction must not depend on which (before prior
+    checkpoint version 2 it did: one caption alone read cosine 0.82 to the true embedding, in a batch 0.96)."""
+    prior, a = small_prior(), inputs()
+    prior.positional_embedding.data.normal_()  # trained positions differ much more than the 0.01 init
+    full = run(prior, **a)  # padded to 6, the longest caption of the batch
+    for i, n in enumerate((4, 6, 6)):  # each caption alone, cut at its own length
+        alone = run(prior, a["x"][i:i + 1], a["t"][i:i + 1], text_emb=a["text_emb"][i:i + 1],
+                    text_states=a["text_states"][i:i + 1, :n], text_mask=a["text_mask"][i:i + 1, :n])
+        torch.testing.assert_close(alone, full[i:i + 1], atol=1e-5, rtol=1e-5)
 
 
 def test_standardization_round_trip():
@@ -116,3 +131,12 @@ def test_rerank_picks_the_most_similar_candidate():
         scores = (cands[:, b] * text[b]).sum(-1)
         torch.testing.assert_close(best[b], cands[scores.argmax(), b])
     torch.testing.assert_close(best[2], text[2])
+
+
+def test_a_version_1_prior_is_refused(tmp_path):
+    """Version-1 priors were trained with the batch-dependent positions; the fixed code cannot run them as trained."""
+    prior = small_prior()
+    torch.save({"kind": "prior", "version": 1, "config": vars(prior.config), "model": prior.state_dict(),
+                "train_config": {"timesteps": 100, "schedule": "cosine", "prediction": "x0"}}, tmp_path / "prior.pt")
+    with pytest.raises(ValueError, match="version 1, this minedit reads version 2"):
+        load_prior(tmp_path / "prior.pt")
