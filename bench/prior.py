@@ -112,21 +112,15 @@ if not a.no_decoder:
         return acc
 
     def decode_all(z, seed=0):
+        """Decode the embeddings z; the same noise for every z at the same seed."""
         return torch.cat([decode(models, z[j:j + 100], a.decoder_guidance, a.decoder_steps,
                                  generator=torch.Generator().manual_seed(seed * 100003 + j),
                                  caption={k: v[j:j + 100] for k, v in cap.items()} if cap else None)
                           for j in range(0, a.n, 100)])
 
-    def decode_and_read(z, n_images=1):
-        """Decode the embeddings z (same noise for every z), read the images; accuracy overall and by the caption's
-        object count (two objects also ask the embedding which colour goes with which shape). With n_images > 1,
-        that many images per caption and the one CLIP finds closest to the caption is read."""
-        x = decode_all(z)
-        if n_images > 1:
-            xs = torch.stack([x] + [decode_all(z, seed) for seed in range(1, n_images)])  # (k, n, 3, H, W)
-            with torch.no_grad():
-                score = torch.stack([(encode_images(models.clip, xi) * text).sum(-1) for xi in xs])  # (k, n)
-            x = xs[score.argmax(0), torch.arange(a.n)]
+    def read_accuracy(x):
+        """Read the images x, one per caption; accuracy overall and by the caption's object count (two objects
+        also ask the embedding which colour goes with which shape)."""
         pairs = list(zip(scenes, read(reader, x)))
         by_count = {}
         for k in sorted({len(s.objects) for s in scenes}):
@@ -134,17 +128,17 @@ if not a.no_decoder:
             by_count[str(k)] = {"n": len(sub), **reader_accuracy(sub)}
         return reader_accuracy(pairs), by_count
 
-    acc, by_count = decode_and_read(best)
-    result["text_to_image_reader_accuracy"] = acc
-    result["text_to_image_reader_accuracy_by_object_count"] = by_count
-    if a.rerank_images > 1:
-        acc, by_count = decode_and_read(best, a.rerank_images)
-        result[f"text_to_image_reader_accuracy_best_of_{a.rerank_images}_images"] = acc
-        result[f"text_to_image_reader_accuracy_best_of_{a.rerank_images}_images_by_object_count"] = by_count
+    x = decode_all(best)
+    result["text_to_image_reader_accuracy"], result["text_to_image_reader_accuracy_by_object_count"] = read_accuracy(x)
+    if a.rerank_images > 1:  # more images per caption; the one CLIP finds closest to the caption is read
+        xs = torch.stack([x] + [decode_all(best, seed) for seed in range(1, a.rerank_images)])  # (K, n, 3, H, W)
+        with torch.no_grad():
+            score = torch.stack([(encode_images(models.clip, xi) * text).sum(-1) for xi in xs])  # (K, n)
+        key = f"text_to_image_reader_accuracy_best_of_{a.rerank_images}_images"
+        result[key], result[key + "_by_object_count"] = read_accuracy(xs[score.argmax(0), torch.arange(a.n)])
     # the decoder's share: the same decoding from the true image embedding of each caption's scene (a perfect prior)
-    acc, by_count = decode_and_read(true)
-    result["true_image_embedding_reader_accuracy"] = acc
-    result["true_image_embedding_reader_accuracy_by_object_count"] = by_count
+    result["true_image_embedding_reader_accuracy"], result["true_image_embedding_reader_accuracy_by_object_count"] = \
+        read_accuracy(decode_all(true))
     result["prior_guidance"], result["decoder_guidance"], result["decoder_reads_caption"] = best_g, a.decoder_guidance, cap is not None
 result["seconds"] = round(time.time() - t0)
 print(json.dumps(result, indent=1))
