@@ -110,8 +110,9 @@ class Prior(nn.Module):
         # caption (they did before version 2, and one caption alone read 0.82 cosine where a batch read 0.96).
         text_states, text_mask = text_states[:, :c.max_text_len], text_mask[:, :c.max_text_len]
         pad = c.max_text_len - text_states.shape[1]
-        text_states = torch.cat([text_states, text_states.new_zeros(B, pad, text_states.shape[2])], dim=1)
-        text_mask = torch.cat([text_mask, text_mask.new_zeros(B, pad)], dim=1)
+        if pad > 0:  # training batches come padded already: no copy on the hot path
+            text_states = torch.cat([text_states, text_states.new_zeros(B, pad, text_states.shape[2])], dim=1)
+            text_mask = torch.cat([text_mask, text_mask.new_zeros(B, pad)], dim=1)
         if drop_text is not None:
             text_emb = torch.where(drop_text[:, None], self.null_text_emb.to(text_emb.dtype), text_emb)
             text_mask = text_mask & ~drop_text[:, None]
