@@ -151,9 +151,10 @@ class Prior(nn.Module):
         return F.normalize(self.unstandardize(x), dim=-1)
 
 
-def rerank(candidates, text_emb):
-    """Best-of-N (DALL-E 2 uses N = 2): candidates (N, B, E) unit-norm -> (B, E), the one with the
-    highest cosine similarity to each unit-norm text embedding (B, E)."""
-    scores = (candidates * text_emb[None]).sum(-1)  # (N, B)
+def rerank(candidates, text_emb, keys=None):
+    """Best-of-N (DALL-E 2 uses N = 2): candidates (N, B, ...) -> (B, ...), for each b the one whose unit-norm
+    key (N, B, E) has the highest cosine similarity to the unit-norm embedding text_emb[b] (B, E). The keys
+    default to the candidates themselves (embeddings); for images they are the images' CLIP embeddings."""
+    scores = ((candidates if keys is None else keys) * text_emb[None]).sum(-1)  # (N, B)
     best = scores.argmax(0)  # (B,)
     return candidates[best, torch.arange(candidates.shape[1])]

@@ -252,6 +252,25 @@ def test_theta_default_is_the_same_in_edit_py_the_bench_and_the_pipeline():
         assert inspect.signature(fn).parameters["theta"].default == pipeline.THETA
 
 
+def test_decode_best_of_n_keeps_the_candidate_clip_finds_closest():
+    from minedit import pipeline
+    from minedit import toyworld as tw
+    torch.set_num_threads(2)
+    models = pipeline.Models(os.path.join(ROOT, "checkpoints"))
+    z = pipeline.encode_images(models.clip, tw.render_batch([tw.sample_scene(0, "test", i) for i in range(2)], 32))
+    one = pipeline.decode(models, z, steps=3, generator=torch.Generator().manual_seed(5))
+    best = pipeline.decode(models, z, steps=3, generator=torch.Generator().manual_seed(5), n_images=3)
+    # the same noise, decoded one image per row: candidate k of embedding b is row k * B + b
+    noise = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    cands = pipeline.decode(models, z.repeat(3, 1), steps=3, noise=noise).view(3, 2, 3, 32, 32)
+    scores = (pipeline.encode_images(models.clip, cands.flatten(0, 1)).view(3, 2, -1) * z).sum(-1)
+    torch.testing.assert_close(best, cands[scores.argmax(0), torch.arange(2)])
+    torch.testing.assert_close(one, cands[0])  # n_images = 1 draws the same noise as before
+    assert (scores.max(0).values > scores[0]).any()  # the check is not vacuous: some row prefers another candidate
+    with pytest.raises(ValueError, match="noise"):
+        pipeline.decode(models, z, steps=3, noise=noise[:2], n_images=2)
+
+
 def test_sdedit_samples_the_prior_with_its_own_step_count(monkeypatch):
     from minedit import pipeline
     from minedit import toyworld as tw

@@ -131,6 +131,11 @@ def test_rerank_picks_the_most_similar_candidate():
         scores = (cands[:, b] * text[b]).sum(-1)
         torch.testing.assert_close(best[b], cands[scores.argmax(), b])
     torch.testing.assert_close(best[2], text[2])
+    # with keys, candidates of any shape are ranked by their keys (images by their CLIP embeddings)
+    images = torch.randn(2, 4, 3, 8, 8)
+    picked = rerank(images, text, keys=cands)
+    for b in range(4):
+        torch.testing.assert_close(picked[b], images[(cands[:, b] * text[b]).sum(-1).argmax(), b])
 
 
 def test_a_version_1_prior_is_refused(tmp_path):
