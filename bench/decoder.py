@@ -5,8 +5,10 @@
 2. DDIM-inversion round trip: image -> x_T (conditioned on its own embedding, no guidance) -> image; PSNR.
 A decoder trained with captions (train_decoder.py --caption) also reads each source scene's canonical
 caption, as unCLIP's decoder reads the caption beside the image embedding.
+--rerank-images K adds a row where K images are decoded per embedding and the one whose CLIP image embedding
+is closest to that embedding is read (best-of-K reranking; it uses nothing the decoder was not given).
 
-    python bench/decoder.py [--n 500] [--guidance 3] [--steps 50] [--no-caption]    # prints JSON
+    python bench/decoder.py [--n 500] [--guidance 3] [--steps 50] [--no-caption] [--rerank-images K]   # prints JSON
 """
 import argparse
 import json
@@ -31,6 +33,8 @@ p.add_argument("--guidance", type=float, default=3.0, help="CFG scale on the emb
 p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
 p.add_argument("--batch", type=int, default=100, help="images sampled at once (default: %(default)s)")
 p.add_argument("--no-caption", action="store_true", help="a caption decoder without its caption (the embedding alone)")
+p.add_argument("--rerank-images", type=int, default=0, metavar="K",
+               help="also decode K images per embedding and read the one CLIP finds closest to it; K times the decoding")
 p.add_argument("--seed", type=int, default=0, help="sampling seed; others show how much the figures move with the noise alone")
 a = p.parse_args()
 torch.set_num_threads(2)
@@ -45,13 +49,20 @@ with torch.no_grad():
     text = encode_texts(clip, [tw.caption(s) for s in scenes]) if unet.config.context_dim and not a.no_caption else None
 part = lambda i, j: {k: v[i:j] for k, v in text.items()} if text else None
 
-samples = []
-g = torch.Generator().manual_seed(a.seed)
-for i in range(0, a.n, a.batch):
-    e = emb[i:i + a.batch]
-    model = decoder_model(unet, e, a.guidance, part(i, i + a.batch))
-    samples.append(diffusion.ddim_sample(model, noise=torch.randn(len(e), 3, *x.shape[2:], generator=g), steps=a.steps))
-samples = torch.cat(samples)
+
+
+def decode_all(seed):
+    """Decode every test embedding from the noise of one generator seeded with `seed`."""
+    samples = []
+    g = torch.Generator().manual_seed(seed)
+    for i in range(0, a.n, a.batch):
+        e = emb[i:i + a.batch]
+        model = decoder_model(unet, e, a.guidance, part(i, i + a.batch))
+        samples.append(diffusion.ddim_sample(model, noise=torch.randn(len(e), 3, *x.shape[2:], generator=g), steps=a.steps))
+    return torch.cat(samples)
+
+
+samples = decode_all(a.seed)
 got = read(reader, samples)
 ms = lambda s, k: sorted(getattr(o, k) for o in s.objects)
 
@@ -66,14 +77,32 @@ def match_rates(pairs):
     return out
 
 
-match = match_rates(list(zip(scenes, got)))
-# the same by object count: shape and colour must match for every object, so scenes with more objects
-# also test whether the embedding binds each colour to its shape
-by_count = {}
-for c in sorted({len(s.objects) for s in scenes}):
-    pairs = [(s, r) for s, r in zip(scenes, got) if len(s.objects) == c]
-    m = match_rates(pairs)
-    by_count[str(c)] = {"n": len(pairs), **{k: round(m[k], 4) for k in ("shape", "color", "all")}}
+def by_object_count(got):
+    """Shape, colour and all by object count: shape and colour must match for every object, so scenes with
+    more objects also test whether the embedding binds each colour to its shape."""
+    out = {}
+    for c in sorted({len(s.objects) for s in scenes}):
+        pairs = [(s, r) for s, r in zip(scenes, got) if len(s.objects) == c]
+        m = match_rates(pairs)
+        out[str(c)] = {"n": len(pairs), **{k: round(m[k], 4) for k in ("shape", "color", "all")}}
+    return out
+
+
+match, by_count = match_rates(list(zip(scenes, got))), by_object_count(got)
+ranked = {}
+if a.rerank_images > 1:  # K images per embedding; keep the one whose own embedding is closest to it
+    xs = [samples] + [decode_all(a.seed + 1000 * k) for k in range(1, a.rerank_images)]
+    with torch.no_grad():
+        score = torch.stack([(F.normalize(clip.encode_image(normalize(xk, clip.config.image_resolution)), dim=-1)
+                              * emb).sum(-1) for xk in xs])  # (K, n)
+    pick = score.argmax(0)
+    best = torch.stack(xs)[pick, torch.arange(a.n)]
+    got_best = read(reader, best)
+    key = f"best_of_{a.rerank_images}_images"
+    ranked = {f"reconstruction_match_test_{key}": {k: round(v, 4) for k, v in match_rates(list(zip(scenes, got_best))).items()},
+              f"by_object_count_{key}": by_object_count(got_best),
+              "cosine_to_embedding_one_image_mean": round(score[0].mean().item(), 4),
+              f"cosine_to_embedding_{key}_mean": round(score.max(0).values.mean().item(), 4)}
 
 n = a.n_inversion
 with torch.no_grad():
@@ -83,7 +112,7 @@ with torch.no_grad():
 mse = ((back.clamp(-1, 1) - x[:n]) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] pixel units
 psnr = (10 * torch.log10(1 / mse.clamp(min=1e-12)))
 result = {"reconstruction_match_test": {k: round(v, 4) for k, v in match.items()},
-          "by_object_count": by_count,
+          "by_object_count": by_count, **ranked,
           "captions": text is not None, "n": a.n, "seed": a.seed, "guidance": a.guidance, "ddim_steps": a.steps,
           "inversion_psnr_db_mean": round(psnr.mean().item(), 2), "inversion_psnr_db_min": round(psnr.min().item(), 2),
           "n_inversion": n, "seconds": round(time.time() - t0)}
