@@ -21,6 +21,7 @@ from minedit import toyworld as tw
 from minedit.clip import load as load_clip, normalize
 from minedit.guidance import decoder_kwargs
 from minedit.pipeline import decoder_model, encode_texts, load_decoder
+from minedit.prior import rerank
 from minedit.reader import load_reader, read
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +49,6 @@ with torch.no_grad():
     emb = F.normalize(clip.encode_image(normalize(x, clip.config.image_resolution)), dim=-1)
     text = encode_texts(clip, [tw.caption(s) for s in scenes]) if unet.config.context_dim and not a.no_caption else None
 part = lambda i, j: {k: v[i:j] for k, v in text.items()} if text else None
-
 
 
 def decode_all(seed):
@@ -91,13 +91,11 @@ def by_object_count(got):
 match, by_count = match_rates(list(zip(scenes, got))), by_object_count(got)
 ranked = {}
 if a.rerank_images > 1:  # K images per embedding; keep the one whose own embedding is closest to it
-    xs = [samples] + [decode_all(a.seed + 1000 * k) for k in range(1, a.rerank_images)]
+    xs = torch.stack([samples] + [decode_all(a.seed + 1000 * k) for k in range(1, a.rerank_images)])  # (K, n, 3, H, W)
     with torch.no_grad():
-        score = torch.stack([(F.normalize(clip.encode_image(normalize(xk, clip.config.image_resolution)), dim=-1)
-                              * emb).sum(-1) for xk in xs])  # (K, n)
-    pick = score.argmax(0)
-    best = torch.stack(xs)[pick, torch.arange(a.n)]
-    got_best = read(reader, best)
+        keys = torch.stack([F.normalize(clip.encode_image(normalize(xk, clip.config.image_resolution)), dim=-1) for xk in xs])
+    score = (keys * emb).sum(-1)  # (K, n)
+    got_best = read(reader, rerank(xs, emb, keys))
     key = f"best_of_{a.rerank_images}_images"
     ranked = {f"reconstruction_match_test_{key}": {k: round(v, 4) for k, v in match_rates(list(zip(scenes, got_best))).items()},
               f"by_object_count_{key}": by_object_count(got_best),
