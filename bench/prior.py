@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from minedit import toyworld as tw
 from minedit import training
 from minedit.pipeline import PRIOR_STEPS, Models, decode, encode_images, encode_texts, text_to_embedding
+from minedit.prior import rerank
 from minedit.reader import load_reader, read
 from minedit.utils import CHECKPOINTS, load_checkpoint
 
@@ -132,10 +133,9 @@ if not a.no_decoder:
     result["text_to_image_reader_accuracy"], result["text_to_image_reader_accuracy_by_object_count"] = read_accuracy(x)
     if a.rerank_images > 1:  # more images per caption; the one CLIP finds closest to the caption is read
         xs = torch.stack([x] + [decode_all(best, seed) for seed in range(1, a.rerank_images)])  # (K, n, 3, H, W)
-        with torch.no_grad():
-            score = torch.stack([(encode_images(models.clip, xi) * text).sum(-1) for xi in xs])  # (K, n)
+        keys = torch.stack([encode_images(models.clip, xi) for xi in xs])  # (K, n, E)
         key = f"text_to_image_reader_accuracy_best_of_{a.rerank_images}_images"
-        result[key], result[key + "_by_object_count"] = read_accuracy(xs[score.argmax(0), torch.arange(a.n)])
+        result[key], result[key + "_by_object_count"] = read_accuracy(rerank(xs, text, keys))
     # the decoder's share: the same decoding from the true image embedding of each caption's scene (a perfect prior)
     result["true_image_embedding_reader_accuracy"], result["true_image_embedding_reader_accuracy_by_object_count"] = \
         read_accuracy(decode_all(true))
