@@ -15,12 +15,11 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from minedit import toyworld as tw
-from minedit.clip import load as load_clip, normalize
+from minedit.clip import load as load_clip
 from minedit.guidance import decoder_kwargs
-from minedit.pipeline import decoder_model, encode_texts, load_decoder
+from minedit.pipeline import decoder_model, encode_images, encode_texts, load_decoder
 from minedit.prior import rerank
 from minedit.reader import load_reader, read
 
@@ -46,7 +45,7 @@ reader = load_reader()
 scenes = [tw.sample_scene(0, "test", i) for i in range(a.n)]
 x = tw.render_batch(scenes, unet.config.image_size)
 with torch.no_grad():
-    emb = F.normalize(clip.encode_image(normalize(x, clip.config.image_resolution)), dim=-1)
+    emb = encode_images(clip, x)
     text = encode_texts(clip, [tw.caption(s) for s in scenes]) if unet.config.context_dim and not a.no_caption else None
 part = lambda i, j: {k: v[i:j] for k, v in text.items()} if text else None
 
@@ -92,8 +91,7 @@ match, by_count = match_rates(list(zip(scenes, got))), by_object_count(got)
 ranked = {}
 if a.rerank_images > 1:  # K images per embedding; keep the one whose own embedding is closest to it
     xs = torch.stack([samples] + [decode_all(a.seed + 1000 * k) for k in range(1, a.rerank_images)])  # (K, n, 3, H, W)
-    with torch.no_grad():
-        keys = torch.stack([F.normalize(clip.encode_image(normalize(xk, clip.config.image_resolution)), dim=-1) for xk in xs])
+    keys = torch.stack([encode_images(clip, xk) for xk in xs])  # (K, n, E)
     score = (keys * emb).sum(-1)  # (K, n)
     got_best = read(reader, rerank(xs, emb, keys))
     key = f"best_of_{a.rerank_images}_images"
