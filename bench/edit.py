@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from minedit import pipeline
 from minedit import toyworld as tw
 from minedit.reader import attributes, load_reader, read
+from minedit.training import checkpoint_arg
 from minedit.utils import CHECKPOINTS
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +67,8 @@ p.add_argument("--theta", type=float, default=pipeline.THETA,
 p.add_argument("--seed", type=int, default=0, help="sampling seed (batch b draws from seed 1000 * SEED + b); "
                                                     "other seeds measure how much a figure moves with the noise alone")
 p.add_argument("--batch", type=int, default=100, help="triplets edited at once (default: %(default)s)")
+p.add_argument("--reader", default=None,
+               help="the attribute reader that scores every result and target (default: checkpoints/reader.pt)")
 p.add_argument("--out", default=None, help="also write the JSON here")
 a = p.parse_args()
 if a.n == 0 and (a.n_grid or set(a.methods) - {"instruct"} or not a.per_kind):
@@ -73,7 +76,8 @@ if a.n == 0 and (a.n_grid or set(a.methods) - {"instruct"} or not a.per_kind):
 torch.set_num_threads(2)
 t0 = time.time()
 models = pipeline.Models(a.weights)
-reader = load_reader()
+checkpoint_arg(vars(a), "reader", "reader")  # a missing, unreadable or foreign file: one line, exit 2
+reader = load_reader(a.reader)
 edits = [tw.sample_edit(0, a.split, i) for i in range(a.n)]
 if "instruct" in a.methods:  # the --per-kind triplets follow the main ones: index a.n onwards
     edits += [tw.sample_edit(0, a.split, i, kind=k) for k in a.kinds for i in range(a.per_kind)]
@@ -170,7 +174,8 @@ def ref_direction(i):
 ref_fallbacks = []
 
 
-result = {"split": a.split, "n": a.n, "steps": a.steps, "seed": a.seed, "methods": {}}
+result = {"split": a.split, "n": a.n, "steps": a.steps, "seed": a.seed, "reader": a.reader or "checkpoints/reader.pt",
+          "methods": {}}
 all_idx = list(range(a.n))
 if "instruct" in a.methods:
     rows = None

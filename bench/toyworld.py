@@ -11,8 +11,13 @@ import torch
 
 from minedit import toyworld as tw
 from minedit.reader import accuracy, load_reader
+from minedit.training import checkpoint_arg
 
-argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--reader", default=None, help="the attribute reader to measure (default: checkpoints/reader.pt)")
+a = p.parse_args()
+checkpoint_arg(vars(a), "reader", "reader")  # a missing, unreadable or foreign file: one line, exit 2
+reader = load_reader(a.reader)
 torch.set_num_threads(1)
 scenes = [tw.sample_scene(0, "test", i) for i in range(5000)]
 for s in scenes[:2000]:
@@ -29,7 +34,6 @@ for i in range(5000):
 sample_rate = 5000 / (time.perf_counter() - t)
 
 torch.set_num_threads(2)
-reader = load_reader()
 result = {
     "render_scenes_per_s_32px_one_core": round(sorted(rates)[1]),
     "sample_scenes_per_s": round(sample_rate),
@@ -38,5 +42,6 @@ result = {
     "reader_accuracy_test_32px_noise_0.1": {k: round(v, 4) for k, v in accuracy(reader, scenes[:2000], 32, noise=0.1).items()},
     "reader_accuracy_test_32px_noise_0.25": {k: round(v, 4) for k, v in accuracy(reader, scenes[:2000], 32, noise=0.25).items()},
     "n_test_scenes": len(scenes),
+    "reader": a.reader or "checkpoints/reader.pt",
 }
 print(json.dumps(result, indent=1))

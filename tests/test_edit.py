@@ -315,11 +315,14 @@ def test_edit_bench_per_kind_alone_reports_the_reader_ceiling(tmp_path):
     bench = os.path.join(ROOT, "bench", "edit.py")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2")
     out = tmp_path / "bench.json"
+    reader = tmp_path / "reader.pt"  # --reader scores with another reader; the JSON names it
+    shutil.copy(os.path.join(ROOT, "checkpoints", "reader.pt"), reader)
     r = subprocess.run([sys.executable, bench, "--n", "0", "--n-grid", "0", "--methods", "instruct", "--per-kind", "2",
-                        "--kinds", "style", "noop", "--steps", "2", "--out", str(out)],
+                        "--kinds", "style", "noop", "--steps", "2", "--reader", str(reader), "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
+    assert res["reader"] == str(reader)
     kinds = res["instruct_per_kind_balanced"]
     assert set(kinds) == {"style", "noop"} and all(v["n"] == 2 for v in kinds.values())
     assert all(0 <= v["ceiling"] <= 1 and 0 <= v["success"] <= 1 for v in kinds.values())
@@ -327,3 +330,8 @@ def test_edit_bench_per_kind_alone_reports_the_reader_ceiling(tmp_path):
     r = subprocess.run([sys.executable, bench, "--n", "0", "--methods", "sdedit"], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--per-kind" in r.stderr
+    r = subprocess.run([sys.executable, bench, "--n", "0", "--n-grid", "0", "--methods", "instruct", "--per-kind", "2",
+                        "--reader", os.path.join(ROOT, "checkpoints", "instruct.pt")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "not a minedit reader checkpoint" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
