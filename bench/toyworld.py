@@ -1,5 +1,7 @@
 """Toy-world benchmark: rendering speed on one core, and the attribute reader's per-attribute accuracy
 on held-out test renders (clean at 32 px and 64 px, and with pixel noise to show its failure modes).
+Also the fraction of 20,000 exact test renders whose every attribute it reads right, overall and by
+style: an editor that drew the exact targets would score this on the edit benchmark (its ceiling).
 
     python bench/toyworld.py        # prints JSON
 """
@@ -10,7 +12,7 @@ import time
 import torch
 
 from minedit import toyworld as tw
-from minedit.reader import accuracy, load_reader
+from minedit.reader import accuracy, attributes, load_reader, read
 from minedit.training import checkpoint_arg
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,6 +36,9 @@ for i in range(5000):
 sample_rate = 5000 / (time.perf_counter() - t)
 
 torch.set_num_threads(2)
+exact = [tw.sample_scene(0, "test", i) for i in range(20000)]
+right = [attributes(p) == attributes(s) for s, p in zip(exact, read(reader, tw.render_batch(exact, 32)))]
+by_style = {st: [r for r, s in zip(right, exact) if s.style == st] for st in tw.STYLES}
 result = {
     "render_scenes_per_s_32px_one_core": round(sorted(rates)[1]),
     "sample_scenes_per_s": round(sample_rate),
@@ -42,6 +47,8 @@ result = {
     "reader_accuracy_test_32px_noise_0.1": {k: round(v, 4) for k, v in accuracy(reader, scenes[:2000], 32, noise=0.1).items()},
     "reader_accuracy_test_32px_noise_0.25": {k: round(v, 4) for k, v in accuracy(reader, scenes[:2000], 32, noise=0.25).items()},
     "n_test_scenes": len(scenes),
+    "reader_every_attribute_right_20000_test_32px": round(sum(right) / len(right), 4),
+    "reader_every_attribute_right_by_style": {st: round(sum(v) / len(v), 4) for st, v in by_style.items() if v},
     "reader": a.reader or "checkpoints/reader.pt",
 }
 print(json.dumps(result, indent=1))

@@ -132,7 +132,7 @@ def load_reader(path=None):
     return reader.eval()
 
 
-def train(steps=3000, batch_size=128, lr=2e-3, width=32, seed=1000, out=None):
+def train(steps=9000, batch_size=128, lr=2e-3, width=32, seed=1000, out=None):
     from tqdm import tqdm
     torch.manual_seed(seed)
     reader = Reader(width)
@@ -165,7 +165,7 @@ def train(steps=3000, batch_size=128, lr=2e-3, width=32, seed=1000, out=None):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Train the toy-world attribute reader (the defaults made checkpoints/reader.pt).")
-    p.add_argument("--steps", type=int, default=3000, help="default: %(default)s")
+    p.add_argument("--steps", type=int, default=9000, help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=2e-3, help="peak of the one-cycle schedule (default: %(default)s)")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv (default: %(default)s)")
