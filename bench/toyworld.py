@@ -12,7 +12,7 @@ import time
 import torch
 
 from minedit import toyworld as tw
-from minedit.reader import accuracy, attributes, load_reader, read
+from minedit.reader import accuracy, load_reader, whole_scenes_right
 from minedit.training import checkpoint_arg
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +37,7 @@ sample_rate = 5000 / (time.perf_counter() - t)
 
 torch.set_num_threads(2)
 exact = [tw.sample_scene(0, "test", i) for i in range(20000)]
-right = [attributes(p) == attributes(s) for s, p in zip(exact, read(reader, tw.render_batch(exact, 32)))]
+right = whole_scenes_right(reader, exact)
 by_style = {st: [r for r, s in zip(right, exact) if s.style == st] for st in tw.STYLES}
 result = {
     "render_scenes_per_s_32px_one_core": round(sorted(rates)[1]),

@@ -125,6 +125,12 @@ def accuracy(reader, scenes, res=32, noise=0.0):
     return {k: a / max(n, 1) for k, (a, n) in tot.items()}
 
 
+def whole_scenes_right(reader, scenes, res=32):
+    """Per scene, whether the reader reads every attribute of its exact render right: what an edit's
+    success needs, so the edit benchmark's ceiling."""
+    return [attributes(p) == attributes(s) for s, p in zip(scenes, read(reader, tw.render_batch(scenes, res)))]
+
+
 def load_reader(path=None):
     ckpt = load_checkpoint(path or CHECKPOINTS / "reader.pt", kind="reader")
     reader = Reader(**ckpt["config"])
