@@ -26,8 +26,8 @@ upsampled to 128 px (its stem divides by 4 before any block).
                                                   # a new image tower for the shipped text tower
 
 --edits sets the hard negatives' edit kinds (repeats weigh them; "swap" exchanges an attribute between
-the two objects of a scene, a binding negative), --text-lr-scale the text tower's learning rate
-relative to the image tower's.
+the two objects of a scene, a binding negative), --swap-attrs what the swap sets vary (repeats weigh
+them), --text-lr-scale the text tower's learning rate relative to the image tower's.
 """
 
 import argparse
@@ -59,6 +59,7 @@ class TrainConfig:
     hard_negatives: bool = True  # edited-scene pairs in the batch and an edited caption per image
     swap_images: int = 0  # this many images per step also pick their caption among all one-attribute swaps of it
     swap_weight: float = 1.0
+    swap_attrs: str = "shape,shape,pos,pos,color"  # what a swap set varies, drawn per image (repeats weigh)
     freeze_text: bool = False  # train the image tower only (the text tower, and every text embedding, stay as they are)
     save_every: int = 500
     text_lr_scale: float = 1.0  # the text tower's learning rate, relative to the image tower's
@@ -101,13 +102,13 @@ def edited(rng, scene, kinds):
     return None
 
 
-SWAP = ("shape", "shape", "pos", "pos", "color")  # what a swap set varies, drawn per image
+SWAP_ATTRS = ("shape", "pos", "color")  # what --swap-attrs may name
 
 
-def swap_set(rng, scene):
-    """`scene` with one attribute of one object set to every value it can take (the true one included),
-    and the index of the true one. No variant is a test scene."""
-    k, attr = rng.randrange(len(scene.objects)), rng.choice(SWAP)
+def swap_set(rng, scene, attrs):
+    """`scene` with one attribute (drawn from `attrs`) of one object set to every value it can take (the
+    true one included), and the index of the true one. No variant is a test scene."""
+    k, attr = rng.randrange(len(scene.objects)), rng.choice(attrs)
     o, others = scene.objects[k], scene.objects[:k] + scene.objects[k + 1:]
     if o.shape == tw.CONCEPT and attr == "shape":  # the unnamed concept is not among the shape words
         attr = "pos"
@@ -134,7 +135,7 @@ def batch(step, tc, context_length):
                   for i, s in enumerate(scenes)]
     swaps = []  # (captions of a swap set, all with the same paraphrase; index of the true one)
     for s in scenes[:tc.swap_images]:
-        variants, j = swap_set(rng, s)
+        variants, j = swap_set(rng, s, tc.swap_attrs.split(","))
         seed = rng.random()
         swaps.append(([tw.caption(v, random.Random(seed)) for v in variants], j))
     swap_texts = tokenize([t for texts_i, _ in swaps for t in texts_i], context_length) if swaps else None
@@ -246,6 +247,8 @@ def main():
     tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
     if bad := set(tc.edits.split(",")) - set(EDIT_KINDS):
         training.fail(f"--edits: unknown edit kind(s) {sorted(bad)}; use {', '.join(EDIT_KINDS)}")
+    if bad := set(tc.swap_attrs.split(",")) - set(SWAP_ATTRS):
+        training.fail(f"--swap-attrs: unknown attribute(s) {sorted(bad)}; use {', '.join(SWAP_ATTRS)}")
     device = pick_device(args["device"])
     seed_everything(tc.seed)
     model = CLIP(mc).to(device)

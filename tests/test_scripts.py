@@ -65,7 +65,7 @@ def test_swap_sets_vary_one_attribute_and_stay_out_of_test():
     rng, sizes = random.Random(0), set()
     for i in range(300):
         scene = tw.sample_scene(0, "train", i)
-        variants, j = train_clip.swap_set(rng, scene)
+        variants, j = train_clip.swap_set(rng, scene, train_clip.SWAP_ATTRS)
         assert variants[j] == scene and len(set(variants)) == len(variants) >= 2
         assert all(v == scene or tw.split_of(v) != "test" for v in variants)
         diff = {(k, a) for v in variants for k, (o, p) in enumerate(zip(v.objects, scene.objects))
