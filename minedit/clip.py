@@ -64,12 +64,19 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x, mask=None):
+    def forward(self, x, mask=None, rows=None):
+        """(B, T, C) -> (B, T, C); with `rows` (B,), only query position rows[b] of each sequence: (B, 1, C)."""
         B, T, C = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(C, dim=-1)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d)
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if rows is None:
+            q, k, v = F.linear(x, w, b).split(C, dim=-1)
+        else:
+            q = F.linear(x[torch.arange(B), rows][:, None], w[:C], b[:C])  # (B, 1, C)
+            k, v = F.linear(x, w[C:], b[C:]).split(C, dim=-1)
+            mask = None if mask is None else mask[rows][:, None, None]  # (B, 1, 1, T): each query's mask row
+        q, k, v = (t.view(B, -1, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.out_proj(y.transpose(1, 2).reshape(B, -1, C))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -83,8 +90,9 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp.add_module("gelu", QuickGELU() if quick_gelu else nn.GELU())
         self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
 
-    def forward(self, x, mask=None):
-        x = x + self.attn(self.ln_1(x), mask)
+    def forward(self, x, mask=None, rows=None):
+        h = self.attn(self.ln_1(x), mask, rows)
+        x = (x if rows is None else x[torch.arange(x.shape[0]), rows][:, None]) + h
         return x + self.mlp(self.ln_2(x))
 
 
@@ -93,10 +101,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers))
 
-    def forward(self, x, mask=None):
-        for block in self.resblocks:
-            x = block(x, mask)
-        return x
+    def forward(self, x, mask=None, rows=None):
+        """(B, T, W) -> (B, T, W). With `rows` (B,), only position rows[b] of each sequence is wanted: the
+        last block computes just that one (keys and values still come from every position) -> (B, W)."""
+        for i, block in enumerate(self.resblocks):
+            x = block(x, mask, rows if i == len(self.resblocks) - 1 else None)
+        return x if rows is None else x[:, 0]
 
 
 class VisionTransformer(nn.Module):
@@ -116,8 +126,8 @@ class VisionTransformer(nn.Module):
         x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, N, W)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, N+1, W)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj  # (B, E)
+        x = self.transformer(self.ln_pre(x), rows=x.new_zeros(x.shape[0], dtype=torch.long))  # class token only
+        return self.ln_post(x) @ self.proj  # (B, E)
 
 
 # -----------------------------------------------------------------------------
@@ -250,9 +260,11 @@ class CLIP(nn.Module):
         for tid, vec in (token_overrides or {}).items():
             x = torch.where((text == tid)[..., None], vec.to(x.dtype), x)
         x = x + self.positional_embedding[:T].to(x.dtype)
-        x = self.ln_final(self.transformer(x, self.attn_mask[:T, :T].to(x.dtype)))
-        z = x[torch.arange(x.shape[0]), eot] @ self.text_projection
-        return (z, x) if return_states else z
+        mask = self.attn_mask[:T, :T].to(x.dtype)
+        if not return_states:  # only the end token's state is read: the last block computes just that
+            return self.ln_final(self.transformer(x, mask, rows=eot)) @ self.text_projection
+        x = self.ln_final(self.transformer(x, mask))
+        return x[torch.arange(x.shape[0]), eot] @ self.text_projection, x
 
     def forward(self, image, text):
         """Returns (logits_per_image (B_img, B_txt), logits_per_text (B_txt, B_img))."""

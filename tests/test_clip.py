@@ -166,6 +166,17 @@ def test_token_overrides_change_only_that_token(oc_model):
     assert (over[0] - base[0]).abs().max() > 1e-3 and torch.equal(over[1], base[1])
 
 
+def test_text_states_path_matches_pooled_path(oc_model):
+    """encode_text computes only the end token in its last block; the full-states path (used for
+    cross-attention) must give the same embedding, at every end-token position."""
+    model = clip.build_model(oc_model.state_dict())
+    txt = tokenize(TEXTS)
+    with torch.no_grad():
+        z, states = model.encode_text(txt, return_states=True)
+        assert (model.encode_text(txt) - z).abs().max() <= TOL
+    assert states.shape == (4, int((txt == 49407).int().argmax(-1).max()) + 1, 128)
+
+
 def test_forward_logits_and_checkpoint_round_trip(oc_model, tmp_path):
     model = clip.build_model(oc_model.state_dict())
     img, txt = inputs()
