@@ -102,21 +102,24 @@ def edited(rng, scene, kinds):
     return None
 
 
-SWAP_ATTRS = ("shape", "pos", "color")  # what --swap-attrs may name
+SWAP_ATTRS = ("shape", "pos", "color", "style")  # what --swap-attrs may name
 
 
 def swap_set(rng, scene, attrs):
-    """`scene` with one attribute (drawn from `attrs`) of one object set to every value it can take (the
-    true one included), and the index of the true one. No variant is a test scene."""
+    """`scene` with one attribute (drawn from `attrs`) of one object, or its style, set to every value it
+    can take (the true one included), and the index of the true one. No variant is a test scene."""
     k, attr = rng.randrange(len(scene.objects)), rng.choice(attrs)
     o, others = scene.objects[k], scene.objects[:k] + scene.objects[k + 1:]
     if o.shape == tw.CONCEPT and attr == "shape":  # the unnamed concept is not among the shape words
         attr = "pos"
-    values = {"shape": tw.SHAPES, "pos": tw.POSITIONS, "color": [c for c in tw.COLORS if c != scene.background]}[attr]
-    if attr != "color":  # shapes and cells are distinct within a scene; colours may repeat
-        values = [v for v in values if all(v != getattr(q, attr) for q in others)]
-    objs = lambda v: scene.objects[:k] + (replace(o, **{attr: v}),) + scene.objects[k + 1:]
-    variants = [replace(scene, objects=objs(v)) for v in values]
+    if attr == "style":  # the one scene-level attribute here: the whole scene in every style
+        variants = [replace(scene, style=v) for v in tw.STYLES]
+    else:
+        values = {"shape": tw.SHAPES, "pos": tw.POSITIONS, "color": [c for c in tw.COLORS if c != scene.background]}[attr]
+        if attr != "color":  # shapes and cells are distinct within a scene; colours may repeat
+            values = [v for v in values if all(v != getattr(q, attr) for q in others)]
+        objs = lambda v: scene.objects[:k] + (replace(o, **{attr: v}),) + scene.objects[k + 1:]
+        variants = [replace(scene, objects=objs(v)) for v in values]
     variants = [v for v in variants if v == scene or tw.split_of(v) != "test"]
     return variants, variants.index(scene)
 

@@ -62,7 +62,7 @@ def test_swap_sets_vary_one_attribute_and_stay_out_of_test():
     sys.path.insert(0, ROOT)
     import train_clip
     from minedit import toyworld as tw
-    rng, sizes = random.Random(0), set()
+    rng, sizes, styles = random.Random(0), set(), 0
     for i in range(300):
         scene = tw.sample_scene(0, "train", i)
         variants, j = train_clip.swap_set(rng, scene, train_clip.SWAP_ATTRS)
@@ -70,9 +70,12 @@ def test_swap_sets_vary_one_attribute_and_stay_out_of_test():
         assert all(v == scene or tw.split_of(v) != "test" for v in variants)
         diff = {(k, a) for v in variants for k, (o, p) in enumerate(zip(v.objects, scene.objects))
                 for a in ("shape", "color", "size", "pos") if getattr(o, a) != getattr(p, a)}
-        assert len(diff) == 1 and all(v.background == scene.background and v.style == scene.style for v in variants)
+        diff |= {"style"} if any(v.style != scene.style for v in variants) else set()
+        assert len(diff) == 1 and all(v.background == scene.background for v in variants)
         sizes.add(len(variants))
+        styles += diff == {"style"}
     assert max(sizes) >= 8  # whole sets: all shapes, or all free cells, or all colours
+    assert styles > 0
 
 
 def test_swap_negatives_exchange_one_attribute_between_the_objects():
