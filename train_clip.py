@@ -26,8 +26,8 @@ upsampled to 128 px (its stem divides by 4 before any block).
                                                   # a new image tower for the shipped text tower
 
 --edits sets the hard negatives' edit kinds (repeats weigh them; "swap" exchanges an attribute between
-the two objects of a scene, a binding negative), --swap-attrs what the swap sets vary (repeats weigh
-them), --text-lr-scale the text tower's learning rate relative to the image tower's.
+the two objects of a scene, a binding negative), --swap-attrs what the swap sets vary (shape, pos, color,
+style; repeats weigh them), --text-lr-scale the text tower's learning rate relative to the image tower's.
 """
 
 import argparse
