@@ -1,11 +1,18 @@
 """Speed of minedit's UNet against diffusers' UNet2DModel configured with the same channels, blocks and
-attention levels, timed in one process, interleaved, as ratios of medians (> 1: minedit is faster);
-and the FLOP/s minedit's UNet reaches, against a large fp32 matmul on the same machine.
+attention levels, timed interleaved as ratios of medians (> 1: minedit is faster); and the FLOP/s
+minedit's UNet reaches, against a large fp32 matmul on the same machine.
 
-    python bench/unet_speed.py [--channels 48] [--batch 16]     # prints JSON
+Each run is a fresh process, and the figures are the median over --runs of them: on a 2-core VM one
+process's ratio moves by up to 8% from the next one's (where its tensors land in memory, it seems),
+far more than the interleaved rounds within a process move it.
+
+    python bench/unet_speed.py [--channels 48] [--batch 16] [--runs 5]     # prints JSON
 """
 import argparse
 import json
+import statistics
+import subprocess
+import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,8 +23,21 @@ from timing import interleaved_medians
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--channels", type=int, default=48, help="base channels of both UNets (default: %(default)s)")
 p.add_argument("--batch", type=int, default=16, help="32 px images per call (default: %(default)s)")
-p.add_argument("--reps", type=int, default=7, help="interleaved rounds (default: %(default)s)")
+p.add_argument("--reps", type=int, default=7, help="interleaved rounds per process (default: %(default)s)")
+p.add_argument("--runs", type=int, default=5, help="processes to time in, each from scratch (default: %(default)s)")
 a = p.parse_args()
+if a.runs > 1:  # run this script --runs times with --runs 1 and report medians and every run's figure
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--runs", "1"]
+    runs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout) for _ in range(a.runs)]
+    result = {k: runs[0][k] for k in ("params_minedit_M", "params_diffusers_M", "batch")}
+    for k in ("forward", "train_step"):
+        result[k] = {f: statistics.median(r[k][f] for r in runs) for f in ("minedit_s", "diffusers_s", "ratio")}
+        result[k]["ratio_each_run"] = [r[k]["ratio"] for r in runs]
+    for k in ("minedit_forward_gflop_per_image", "minedit_forward_gflop_s", "matmul_2048_fp32_gflop_s"):
+        result[k] = statistics.median(r[k] for r in runs)
+    result["runs"] = a.runs
+    print(json.dumps(result, indent=1))
+    sys.exit()
 torch.set_num_threads(2)
 torch.manual_seed(0)
 from diffusers import UNet2DModel  # noqa: E402

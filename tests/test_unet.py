@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from minedit.unet import UNet, UNetConfig, timestep_embedding
+from minedit.unet import UNet, UNetConfig, Upsample, timestep_embedding
 
 
 def randomized(model, seed=0):
@@ -69,3 +69,10 @@ def test_drop_emb_is_per_sample():
 def test_timestep_embedding():
     e = timestep_embedding(torch.tensor([0, 1, 500]), 64)
     assert e.shape == (3, 64) and torch.allclose(e[0, :32], torch.ones(32))
+
+
+def test_upsample_is_nearest_neighbour():
+    """Upsample doubles by repeat_interleave (faster on CPU): it must equal F.interpolate's nearest mode."""
+    up = Upsample(4)
+    x = torch.randn(2, 4, 5, 7)
+    assert torch.equal(up(x), up.conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")))
