@@ -25,6 +25,11 @@ upsampled to 128 px (its stem divides by 4 before any block).
     python train_clip.py --text-from checkpoints/clip.pt --freeze-text --swap-images 64 --out /tmp/clip_lt.pt
                                                   # a new image tower for the shipped text tower
 
+--pretrain-objects makes the warm-up read each object of every scene (shape and colour of the first and the
+second in reading order; --pretrain-one-object-steps N keeps its first N steps on one-object scenes), so
+that the embedding carries both objects of a two-object scene for a decoder to draw (bench/clip.py
+--object-probe measures that).
+
 --edits sets the hard negatives' edit kinds (repeats weigh them; "swap" exchanges an attribute between
 the two objects of a scene, a binding negative), --swap-attrs what the swap sets vary (shape, pos, color,
 style; repeats weigh them), --text-lr-scale the text tower's learning rate relative to the image tower's.
@@ -67,6 +72,9 @@ class TrainConfig:
     pretrain_steps: int = 0  # supervised steps before the contrastive ones: the image tower learns shape and colour
     pretrain_all: str = ""  # 'shape,color', 'color' or 'shape': the warm-up heads that also see two-object scenes
                             # (the target split evenly between the objects); the others see one-object scenes only
+    pretrain_objects: bool = False  # the warm-up reads every scene's objects one by one, in reading order: shape and
+                                    # colour of the first and of the second ("none" in a one-object scene)
+    pretrain_one_object_steps: int = 0  # with pretrain_objects: the warm-up's first N steps take one-object scenes only
 
 
 EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style", "swap")  # what --edits may name
@@ -162,14 +170,25 @@ def pretrain_batch(step, tc):
     """Training scenes and their shape and colour labels for the supervised warm-up: one-object scenes
     with class indices, or (tc.pretrain_all) every scene with target distributions spread evenly over the
     shapes and colours it holds (a one-object scene's is its class index, one-hot); pretrain() then trains
-    a head not named in tc.pretrain_all on the batch's one-object scenes only."""
+    a head not named in tc.pretrain_all on the batch's one-object scenes only. With tc.pretrain_objects,
+    every scene (one-object scenes only for the first tc.pretrain_one_object_steps steps) with four class
+    indices: the shape and colour of its first and its second object in reading order (POSITIONS), the
+    second "none" (the last class) in a one-object scene."""
     scenes, i = [], step * tc.batch_size * 2
     while len(scenes) < tc.batch_size:
         s = tw.sample_scene(tc.seed + 3, "train", i)
         i += 1
-        if tc.pretrain_all or len(s.objects) == 1:
+        if tc.pretrain_all or (tc.pretrain_objects and step >= tc.pretrain_one_object_steps) or len(s.objects) == 1:
             scenes.append(s)
     shapes, colors = list(tw.ALL_SHAPES), list(tw.COLORS)
+    if tc.pretrain_objects:
+        labels = []
+        for s in scenes:
+            first, *second = sorted(s.objects, key=lambda o: tw.POSITIONS.index(o.pos))
+            labels.append([shapes.index(first.shape), colors.index(first.color),
+                           shapes.index(second[0].shape) if second else len(shapes),
+                           colors.index(second[0].color) if second else len(colors)])
+        return (tw.render_batch(scenes, tc.res), *torch.tensor(labels).unbind(1))
     if not tc.pretrain_all:
         return (tw.render_batch(scenes, tc.res), torch.tensor([shapes.index(s.objects[0].shape) for s in scenes]),
                 torch.tensor([colors.index(s.objects[0].color) for s in scenes]))
@@ -185,7 +204,10 @@ def pretrain(model, tc, device):
     embedding classifies one-object scenes (cross-entropy), for tc.pretrain_steps steps. Contrastive
     training alone sits at a saddle where neither tower separates shapes (README, "CLIP"); an image tower
     that already does gives the text tower something to align with. Returns the heads (train_clip drops them)."""
-    heads = torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in (len(tw.ALL_SHAPES), len(tw.COLORS))]).to(device)
+    classes = (len(tw.ALL_SHAPES), len(tw.COLORS))
+    if tc.pretrain_objects:  # the first object's shape and colour, then the second's (or "none")
+        classes += (len(tw.ALL_SHAPES) + 1, len(tw.COLORS) + 1)
+    heads = torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in classes]).to(device)
     one_object_only = set(PRETRAIN_HEADS) - set(tc.pretrain_all.split(",")) if tc.pretrain_all else set()
     params = list(model.visual.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -198,16 +220,17 @@ def pretrain(model, tc, device):
         with autocast(device, tc.bf16):
             z = model.encode_image(x).float()
             losses = []
-            for head, y, name in zip(heads, labels, PRETRAIN_HEADS):
+            for head, y, name in zip(heads, labels, PRETRAIN_HEADS * 2):
                 zh = z
-                if name in one_object_only:  # one object: the whole target on one class
+                if name in one_object_only and not tc.pretrain_objects:  # one object: the whole target on one class
                     keep = y.max(1).values == 1
                     zh, y = z[keep.to(device)], y[keep]
                 losses.append(F.cross_entropy(head(zh), y.to(device)))
         opt.zero_grad(set_to_none=True)
         sum(losses).backward()
         opt.step()
-        pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}")
+        pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}",
+                         **({"second": f"{losses[2].item() + losses[3].item():.3f}"} if tc.pretrain_objects else {}))
     return heads
 
 
@@ -230,12 +253,17 @@ def main():
     p.add_argument("--text-from", default=None, help="take the text tower (and config) from this CLIP; the image tower starts "
                    "fresh (with --freeze-text: the text embeddings stay exactly as they are)")
     p.add_argument("--freeze-text", action="store_const", const=True, default=None, help="train the image tower only")
+    p.add_argument("--pretrain-objects", action="store_const", const=True, default=None,
+                   help="the warm-up (--pretrain-steps) reads each object of every scene: the shape and colour of the "
+                   "first and of the second in reading order, so that the embedding carries both objects")
     p.add_argument("--vision-layers", type=vision_layers, default=None, help="the image tower: a ViT's depth (one int) or "
                    "a ModifiedResNet's blocks per stage (four ints, e.g. 1,1,1,1; OpenAI's RN50 is 3,4,6,3)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
     p.add_argument("--no-hard-negatives", action="store_true", help="plain CLIP loss, no edited-caption negatives")
     args = vars(p.parse_args())
+    if args["pretrain_all"] and args["pretrain_objects"]:
+        p.error("--pretrain-all and --pretrain-objects are two different warm-ups: choose one")
     if args["pretrain_all"] and not set(args["pretrain_all"].split(",")) <= set(PRETRAIN_HEADS):
         p.error(f"--pretrain-all {args['pretrain_all']!r}: name the warm-up heads that see two-object scenes, "
                 "shape,color or color or shape")

@@ -446,6 +446,35 @@ def test_pretrain_all_color_keeps_shape_on_one_object_scenes(monkeypatch):
     assert torch.equal(seen[0], shape[one]) and torch.equal(seen[1], color)
 
 
+def test_pretrain_objects_labels_each_object_in_reading_order(monkeypatch):
+    """--pretrain-objects: every scene, with the shape and colour of its first and second object in reading
+    order, "none" (the last class) for the second object of a one-object scene; pretrain() trains four heads
+    on all rows of the batch."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit import toyworld as tw
+    from minedit.clip import CLIP, CLIPConfig
+    tc = train_clip.TrainConfig(pretrain_steps=1, batch_size=32, bf16=False, pretrain_objects=True)
+    x, *labels = train_clip.pretrain_batch(0, tc)
+    scenes = [tw.sample_scene(tc.seed + 3, "train", i) for i in range(32)]
+    assert torch.equal(x, tw.render_batch(scenes, tc.res)) and {len(s.objects) for s in scenes} == {1, 2}
+    shapes, colors = list(tw.ALL_SHAPES), list(tw.COLORS)
+    for s, row in zip(scenes, torch.stack(labels, 1).tolist()):
+        objs = sorted(s.objects, key=lambda o: tw.POSITIONS.index(o.pos))
+        want = [(shapes.index(o.shape), colors.index(o.color)) for o in objs] + [(len(shapes), len(colors))]
+        assert row == [*want[0], *want[1]]
+    seen, ce = [], torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda logits, y: seen.append((logits.shape, y)) or ce(logits, y))
+    model = CLIP(CLIPConfig(vision_layers=1, vision_width=64, image_resolution=32, transformer_layers=1,
+                            transformer_width=64, transformer_heads=1, embed_dim=32))
+    train_clip.pretrain(model, tc, "cpu")
+    assert [shape[1] for shape, _ in seen] == [len(shapes), len(colors), len(shapes) + 1, len(colors) + 1]
+    assert all(torch.equal(y, want) for (_, y), want in zip(seen, labels))
+    tc.pretrain_one_object_steps = 1  # the first step's scenes have one object each, the next step's not all
+    first, second = (train_clip.pretrain_batch(step, tc)[3] for step in (0, 1))  # the second object's shape
+    assert (first == len(shapes)).all() and (second < len(shapes)).any()
+
+
 def test_pretrain_teaches_the_image_tower_only(monkeypatch):
     """The supervised warm-up (--pretrain-steps) trains the image tower and its heads, which then fit a
     batch they are shown repeatedly; the text tower and the temperature stay bit-identical."""
