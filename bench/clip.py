@@ -1,7 +1,8 @@
 """CLIP quality on the held-out test split (unseen shape-colour combinations): zero-shot attribute
 accuracy by caption templates, text->image retrieval R@1 among 100 test images, and a linear probe of
 the image embedding (how much shape, colour and position it carries at all), and attribute binding in
-two-object scenes (does the embedding know which object has which colour, shape or size).
+two-object scenes (does the embedding know which object has which colour, shape or size); with
+--object-probe, an MLP probe of each object's attributes in two-object scenes (what a decoder could draw).
 
 Zero-shot: for each test scene, the caption of the true scene competes with the captions of the same
 scene with one attribute of its first object (or its style) changed; correct if the true one scores highest.
@@ -31,8 +32,11 @@ def embed_texts(model, texts):
 
 @torch.no_grad()
 def embed_images(model, scenes):
-    x = tw.render_batch(scenes, 32)  # the toy world's resolution, as in training (normalize resizes)
-    return torch.cat([F.normalize(model.encode_image(normalize(x[i:i + 512], model.config.image_resolution)), dim=-1) for i in range(0, len(x), 512)])
+    out = []
+    for i in range(0, len(scenes), 512):  # rendered at the toy world's resolution, as in training (normalize resizes)
+        x = normalize(tw.render_batch(scenes[i:i + 512], 32), model.config.image_resolution)
+        out.append(F.normalize(model.encode_image(x), dim=-1))
+    return torch.cat(out)
 
 
 def candidates(scene, attr):
@@ -95,6 +99,56 @@ def linear_probe(model, n_train=8000, n_test=1000, steps=1500):
     return out
 
 
+def object_probe(model, n_train=50000, n_eval=3000, steps=6000, seed=0):
+    """What a decoder could draw from the embedding of a two-object scene: an MLP (two hidden layers of
+    1024, dropout 0.5) reads each object's shape, colour and size, objects in reading order, from the
+    unit-norm image embedding. Trained on the two-object scenes among n_train train scenes (the decoder's
+    own training draw), scored on those among n_eval val scenes (seen shape-colour pairs) and test
+    scenes (unseen pairs, as bench/decoder.py uses). Per attribute: "both", both objects right; "bag",
+    the two values right in either order; "bound", among scenes whose objects differ in it and whose
+    bag is right, the fraction with each value on the right object (binding proper)."""
+    torch.manual_seed(seed)
+    attrs = {"shape": tw.ALL_SHAPES, "color": list(tw.COLORS), "size": tw.SIZES}
+
+    def data(split, n):
+        scenes = [s for s in (tw.sample_scene(0, split, i) for i in range(n)) if len(s.objects) == 2]
+        ordered = [sorted(s.objects, key=lambda o: tw.POSITIONS.index(o.pos)) for s in scenes]
+        y = torch.tensor([[list(v).index(getattr(o, k)) for k, v in attrs.items() for o in objs] for objs in ordered])
+        return embed_images(model, scenes).float() * model.config.embed_dim ** 0.5, y  # unit variance per entry
+
+    (x, y), evals = data("train", n_train), {split: data(split, n_eval) for split in ("val", "test")}
+    sizes = [len(v) for v in attrs.values() for _ in range(2)]
+    mlp = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 1024), torch.nn.GELU(), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(1024, 1024), torch.nn.GELU(), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(1024, sum(sizes)))
+    opt = torch.optim.AdamW(mlp.parameters(), 1e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps)
+    for _ in range(steps):
+        b = torch.randint(0, len(x), (256,))
+        loss = sum(F.cross_entropy(logits, y[b, j]) for j, logits in enumerate(mlp(x[b]).split(sizes, dim=1)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    mlp.eval()
+    out = {"n_train": len(x)}
+    with torch.no_grad():
+        for split, (xe, ye) in evals.items():
+            pred = torch.stack([logits.argmax(1) for logits in mlp(xe).split(sizes, dim=1)], dim=1)
+            right = pred == ye
+            res = {"n": len(ye)}
+            for a, k in enumerate(attrs):
+                p, t, r = pred[:, 2 * a:2 * a + 2], ye[:, 2 * a:2 * a + 2], right[:, 2 * a:2 * a + 2]
+                both = r.all(1)
+                bag = both | ((p[:, 0] == t[:, 1]) & (p[:, 1] == t[:, 0]))
+                differ = t[:, 0] != t[:, 1]
+                res[k] = {"both": round(both.float().mean().item(), 4), "bag": round(bag.float().mean().item(), 4),
+                          "bound": round((both & differ).sum().item() / max(1, (bag & differ).sum().item()), 4)}
+            res["all_three_both"] = round(right.all(1).float().mean().item(), 4)
+            out[split] = res
+    return out
+
+
 @torch.no_grad()
 def text_separation(model):
     """Mean cosine between the text embeddings of captions that differ only in the object's shape (or
@@ -149,6 +203,8 @@ if __name__ == "__main__":
     p.add_argument("--paraphrases", type=int, default=0,
                    help="zero-shot: average each candidate's text embedding over K paraphrases too "
                         "(default %(default)s)")
+    p.add_argument("--object-probe", action="store_true",
+                   help="also train the two-object probe (object_probe: about 4 more minutes here)")
     a = p.parse_args()
     torch.set_num_threads(2)
     model, _ = load(a.clip)
@@ -160,5 +216,7 @@ if __name__ == "__main__":
     result["linear_probe_one_object"] = linear_probe(model)
     result["text_cosine_between_captions_differing_in"] = text_separation(model)
     result["binding_two_objects"] = binding(model)
+    if a.object_probe:
+        result["object_probe_two_objects"] = object_probe(model)
     result["text_to_image_R@1_mean"] = round(sum(result[f"retrieval_100_seed{s}"]["text_to_image_R@1"] for s in range(3)) / 3, 4)
     print(json.dumps(result, indent=1))
