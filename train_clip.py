@@ -184,7 +184,7 @@ def pretrain_batch(step, tc):
     if tc.pretrain_objects:
         labels = []
         for s in scenes:
-            first, *second = sorted(s.objects, key=lambda o: tw.POSITIONS.index(o.pos))
+            first, *second = tw.reading_order(s)
             labels.append([shapes.index(first.shape), colors.index(first.color),
                            shapes.index(second[0].shape) if second else len(shapes),
                            colors.index(second[0].color) if second else len(colors)])

@@ -112,7 +112,7 @@ def object_probe(model, n_train=50000, n_eval=3000, steps=6000, seed=0):
 
     def data(split, n):
         scenes = [s for s in (tw.sample_scene(0, split, i) for i in range(n)) if len(s.objects) == 2]
-        ordered = [sorted(s.objects, key=lambda o: tw.POSITIONS.index(o.pos)) for s in scenes]
+        ordered = [tw.reading_order(s) for s in scenes]
         y = torch.tensor([[list(v).index(getattr(o, k)) for k, v in attrs.items() for o in objs] for objs in ordered])
         return embed_images(model, scenes).float() * model.config.embed_dim ** 0.5, y  # unit variance per entry
 

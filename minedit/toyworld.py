@@ -87,6 +87,11 @@ def split_of(scene):
     return "val" if h % 10 == 0 else "train"
 
 
+def reading_order(scene):
+    """The scene's objects sorted by their cell, top left first (the order of POSITIONS)."""
+    return sorted(scene.objects, key=lambda o: POSITIONS.index(o.pos))
+
+
 def swap_attribute(scene, attr):
     """A two-object scene with `attr` (color, shape or size) exchanged between its objects: the same
     words in its caption, bound the other way (a test of binding, and a hard negative for it)."""
