@@ -28,7 +28,9 @@ upsampled to 128 px (its stem divides by 4 before any block).
 --pretrain-objects makes the warm-up read each object of every scene (shape and colour of the first and the
 second in reading order; --pretrain-one-object-steps N keeps its first N steps on one-object scenes), so
 that the embedding carries both objects of a two-object scene for a decoder to draw (bench/clip.py
---object-probe measures that).
+--object-probe measures that). --object-attrs sets what its heads read (any of shape, color, size, pos per
+object, background and style of the scene); --aux-weight W keeps them on through contrastive training, their
+loss at weight W beside the contrastive one.
 
 --edits sets the hard negatives' edit kinds (repeats weigh them; "swap" exchanges an attribute between
 the two objects of a scene, a binding negative), --swap-attrs what the swap sets vary (shape, pos, color,
@@ -75,6 +77,10 @@ class TrainConfig:
     pretrain_objects: bool = False  # the warm-up reads every scene's objects one by one, in reading order: shape and
                                     # colour of the first and of the second ("none" in a one-object scene)
     pretrain_one_object_steps: int = 0  # with pretrain_objects: the warm-up's first N steps take one-object scenes only
+    object_attrs: str = "shape,color"  # with pretrain_objects: what its heads read of each object (shape, color, size,
+                                       # pos) and of the scene (background, style)
+    aux_weight: float = 0.0  # with pretrain_objects: the warm-up's heads stay on through contrastive training,
+                             # their loss on the batch's images added at this weight
 
 
 EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style", "swap")  # what --edits may name
@@ -150,7 +156,8 @@ def batch(step, tc, context_length):
         seed = rng.random()
         swaps.append(([tw.caption(v, random.Random(seed)) for v in variants], j))
     swap_texts = tokenize([t for texts_i, _ in swaps for t in texts_i], context_length) if swaps else None
-    return tw.render_batch(scenes, tc.res), tokenize(texts, context_length), swap_texts, swaps
+    labels = object_labels(scenes, tc) if tc.aux_weight else None  # for the warm-up's heads, kept on
+    return tw.render_batch(scenes, tc.res), tokenize(texts, context_length), swap_texts, swaps, labels
 
 
 def swap_loss(model, z_img, swap_texts, swaps, grad_text):
@@ -166,14 +173,38 @@ def swap_loss(model, z_img, swap_texts, swaps, grad_text):
     return F.cross_entropy(logits, torch.tensor([j for _, j in swaps], device=z_img.device))
 
 
+OBJECT_ATTRS = {"shape": tw.ALL_SHAPES, "color": tuple(tw.COLORS), "size": tw.SIZES, "pos": tw.POSITIONS}
+SCENE_ATTRS = {"background": tuple(tw.BACKGROUNDS), "style": tw.STYLES}  # what --object-attrs may name besides
+
+
+def object_attrs(tc):
+    """--object-attrs split into the per-object attributes and the scene's, each in the order given."""
+    names = tc.object_attrs.split(",")
+    return [a for a in names if a in OBJECT_ATTRS], [a for a in names if a in SCENE_ATTRS]
+
+
+def object_labels(scenes, tc):
+    """(len(scenes), K) class indices for the per-object heads: each per-object attribute of
+    tc.object_attrs for the first object in reading order, then for the second ("none", the last class,
+    in a one-object scene), then each scene attribute. By default: shape, colour; shape, colour."""
+    per, whole = object_attrs(tc)
+    labels = []
+    for s in scenes:
+        first, *second = tw.reading_order(s)
+        row = [OBJECT_ATTRS[a].index(getattr(first, a)) for a in per]
+        row += [OBJECT_ATTRS[a].index(getattr(second[0], a)) if second else len(OBJECT_ATTRS[a]) for a in per]
+        labels.append(row + [SCENE_ATTRS[a].index(getattr(s, a)) for a in whole])
+    return torch.tensor(labels)
+
+
 def pretrain_batch(step, tc):
     """Training scenes and their shape and colour labels for the supervised warm-up: one-object scenes
     with class indices, or (tc.pretrain_all) every scene with target distributions spread evenly over the
     shapes and colours it holds (a one-object scene's is its class index, one-hot); pretrain() then trains
     a head not named in tc.pretrain_all on the batch's one-object scenes only. With tc.pretrain_objects,
-    every scene (one-object scenes only for the first tc.pretrain_one_object_steps steps) with four class
-    indices: the shape and colour of its first and its second object in reading order (POSITIONS), the
-    second "none" (the last class) in a one-object scene."""
+    every scene (one-object scenes only for the first tc.pretrain_one_object_steps steps) with object_labels'
+    class indices (by default the shape and colour of its first and its second object in reading order,
+    the second "none" in a one-object scene)."""
     scenes, i = [], step * tc.batch_size * 2
     while len(scenes) < tc.batch_size:
         s = tw.sample_scene(tc.seed + 3, "train", i)
@@ -182,13 +213,7 @@ def pretrain_batch(step, tc):
             scenes.append(s)
     shapes, colors = list(tw.ALL_SHAPES), list(tw.COLORS)
     if tc.pretrain_objects:
-        labels = []
-        for s in scenes:
-            first, *second = tw.reading_order(s)
-            labels.append([shapes.index(first.shape), colors.index(first.color),
-                           shapes.index(second[0].shape) if second else len(shapes),
-                           colors.index(second[0].color) if second else len(colors)])
-        return (tw.render_batch(scenes, tc.res), *torch.tensor(labels).unbind(1))
+        return (tw.render_batch(scenes, tc.res), *object_labels(scenes, tc).unbind(1))
     if not tc.pretrain_all:
         return (tw.render_batch(scenes, tc.res), torch.tensor([shapes.index(s.objects[0].shape) for s in scenes]),
                 torch.tensor([colors.index(s.objects[0].color) for s in scenes]))
@@ -199,15 +224,24 @@ def pretrain_batch(step, tc):
     return tw.render_batch(scenes, tc.res), shape / shape.sum(1, keepdim=True), color / color.sum(1, keepdim=True)
 
 
-def pretrain(model, tc, device):
+def pretrain_heads(model, tc, device):
+    """The warm-up's linear classifiers on the image embedding: shape and colour of the one object, or
+    with tc.pretrain_objects one per column of object_labels."""
+    classes = [len(tw.ALL_SHAPES), len(tw.COLORS)]
+    if tc.pretrain_objects:
+        per, whole = object_attrs(tc)
+        classes = ([len(OBJECT_ATTRS[a]) for a in per] + [len(OBJECT_ATTRS[a]) + 1 for a in per]
+                   + [len(SCENE_ATTRS[a]) for a in whole])
+    return torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in classes]).to(device)
+
+
+def pretrain(model, tc, device, heads=None):
     """Teach the image tower shape and colour before it meets the text tower: a linear head on the image
     embedding classifies one-object scenes (cross-entropy), for tc.pretrain_steps steps. Contrastive
     training alone sits at a saddle where neither tower separates shapes (README, "CLIP"); an image tower
-    that already does gives the text tower something to align with. Returns the heads (train_clip drops them)."""
-    classes = (len(tw.ALL_SHAPES), len(tw.COLORS))
-    if tc.pretrain_objects:  # the first object's shape and colour, then the second's (or "none")
-        classes += (len(tw.ALL_SHAPES) + 1, len(tw.COLORS) + 1)
-    heads = torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in classes]).to(device)
+    that already does gives the text tower something to align with. Returns the heads (train_clip drops
+    them unless tc.aux_weight keeps them on)."""
+    heads = pretrain_heads(model, tc, device) if heads is None else heads
     one_object_only = set(PRETRAIN_HEADS) - set(tc.pretrain_all.split(",")) if tc.pretrain_all else set()
     params = list(model.visual.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -220,7 +254,8 @@ def pretrain(model, tc, device):
         with autocast(device, tc.bf16):
             z = model.encode_image(x).float()
             losses = []
-            for head, y, name in zip(heads, labels, PRETRAIN_HEADS * 2):
+            names = [None] * len(heads) if tc.pretrain_objects else PRETRAIN_HEADS
+            for head, y, name in zip(heads, labels, names, strict=True):
                 zh = z
                 if name in one_object_only and not tc.pretrain_objects:  # one object: the whole target on one class
                     keep = y.max(1).values == 1
@@ -229,8 +264,11 @@ def pretrain(model, tc, device):
         opt.zero_grad(set_to_none=True)
         sum(losses).backward()
         opt.step()
-        pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}",
-                         **({"second": f"{losses[2].item() + losses[3].item():.3f}"} if tc.pretrain_objects else {}))
+        if tc.pretrain_objects:  # per attribute, summed over the heads that read it
+            per, whole = object_attrs(tc)
+            pbar.set_postfix({a: f"{sum(l.item() for l, b in zip(losses, per + per + whole) if b == a):.3f}" for a in per + whole})
+        else:
+            pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}")
     return heads
 
 
@@ -276,6 +314,10 @@ def main():
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
+    if bad := set(tc.object_attrs.split(",")) - set(OBJECT_ATTRS) - set(SCENE_ATTRS):
+        training.fail(f"--object-attrs: unknown attribute(s) {sorted(bad)}; use {', '.join([*OBJECT_ATTRS, *SCENE_ATTRS])}")
+    if tc.aux_weight and not tc.pretrain_objects:
+        p.error("--aux-weight keeps --pretrain-objects' heads on: give --pretrain-objects too")
     if bad := set(tc.edits.split(",")) - set(EDIT_KINDS):
         training.fail(f"--edits: unknown edit kind(s) {sorted(bad)}; use {', '.join(EDIT_KINDS)}")
     if bad := set(tc.swap_attrs.split(",")) - set(SWAP_ATTRS):
@@ -290,6 +332,9 @@ def main():
         for name, p in model.named_parameters():
             p.requires_grad = image_side(name)
     groups = [[p for n, p in model.named_parameters() if p.requires_grad and image_side(n) == image] for image in (True, False)]
+    heads = pretrain_heads(model, tc, device) if tc.aux_weight else None  # trained with the image tower throughout
+    if heads is not None:
+        groups[0] += list(heads.parameters())
     opt = torch.optim.AdamW([{"params": ps, "scale": scale} for ps, scale in zip(groups, (1.0, tc.text_lr_scale)) if ps],
                             lr=tc.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=tc.weight_decay)
     start = 0
@@ -298,6 +343,8 @@ def main():
         if "optimizer" in ckpt:  # final checkpoints carry no optimizer state: continue with a fresh one
             opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
+        if heads is not None and "aux_heads" in ckpt:
+            heads.load_state_dict(ckpt["aux_heads"], strict=True)
     keep = {i for t in tokenize(tw.vocabulary_texts(), mc.context_length) for i in t.tolist()}
     print(f"CLIP: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {len(keep)} toy-world tokens; "
           f"seed {tc.seed}; device {device}; steps {start} -> {tc.steps}")
@@ -306,19 +353,22 @@ def main():
         extra = {"train_config": asdict(tc), "step": step, "optimizer": opt.state_dict() if step < tc.steps else None}
         if extra["optimizer"] is None:
             extra.pop("optimizer")
+        elif heads is not None:  # needed to resume; clip.load reads the model alone
+            extra["aux_heads"] = heads.state_dict()
         save_checkpoint(checkpoint(model, keep, **extra), args["out"])
 
     t0 = time.time()
     if start == 0 and tc.pretrain_steps:
-        pretrain(model, tc, device)
+        pretrain(model, tc, device, heads)
     t1, pbar = time.time(), tqdm(range(start, tc.steps), desc="clip", mininterval=2)
     for step in pbar:
-        x, text, swap_texts, swaps = batch(step, tc, mc.context_length)
+        x, text, swap_texts, swaps, objects = batch(step, tc, mc.context_length)
         x, text = normalize(x, mc.image_resolution).to(device), text.to(device)
         for g in opt.param_groups:
             g["lr"] = g["scale"] * training.lr_at(step, tc.lr, tc.warmup, tc.steps, floor=0.0)
         with autocast(device, tc.bf16):
-            z_img = F.normalize(model.encode_image(x).float(), dim=-1)
+            z_raw = model.encode_image(x).float()
+            z_img = F.normalize(z_raw, dim=-1)
             with torch.set_grad_enabled(not tc.freeze_text):
                 z_txt = F.normalize(model.encode_text(text).float(), dim=-1)
             logits, B = model.logit_scale.exp() * z_img @ z_txt.t(), len(x)  # (B, B) or (B, 2B) with the hard negatives
@@ -326,6 +376,8 @@ def main():
             loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :B].t(), labels)) / 2
             if swaps:
                 loss = loss + tc.swap_weight * swap_loss(model, z_img, swap_texts.to(device), swaps, not tc.freeze_text)
+            if heads is not None:  # the warm-up's per-object heads, as in pretrain(), on every image of the batch
+                loss = loss + tc.aux_weight * sum(F.cross_entropy(h(z_raw), y.to(device)) for h, y in zip(heads, objects.unbind(1)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

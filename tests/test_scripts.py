@@ -475,6 +475,34 @@ def test_pretrain_objects_labels_each_object_in_reading_order(monkeypatch):
     assert (first == len(shapes)).all() and (second < len(shapes)).any()
 
 
+def test_aux_weight_keeps_the_object_heads_on(tmp_path, monkeypatch):
+    """--aux-weight: the warm-up's four per-object heads keep training the image tower through the
+    contrastive steps (the same command at weight 0 ends with another image tower; the warm-up is the same
+    in both); an intermediate checkpoint carries the heads, and a resume from it picks them up; without
+    --pretrain-objects there are no such heads: a clean error, nothing written."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    saved = []
+    monkeypatch.setattr(train_clip, "save_checkpoint", lambda ckpt, path: saved.append(ckpt))
+    for w in ("0", "1"):
+        monkeypatch.setattr(sys, "argv", ["train_clip.py", *TINY_CLIP, "--steps", "3", "--save-every", "2",
+                                          "--pretrain-objects", "--pretrain-steps", "2", "--aux-weight", w,
+                                          "--out", str(tmp_path / "c.pt")])
+        train_clip.main()
+    (mid0, last0), (mid1, last1) = saved[:2], saved[2:]
+    assert not torch.equal(last0["model"]["visual.conv1.weight"], last1["model"]["visual.conv1.weight"])
+    assert "aux_heads" not in mid0 and "aux_heads" not in last1 and "optimizer" in mid1
+    assert [v.shape[0] for k, v in mid1["aux_heads"].items() if k.endswith("weight")] == [9, 8, 10, 9]
+    torch.save(mid1, tmp_path / "mid.pt")
+    r = run([os.path.join(ROOT, "train_clip.py"), "--resume", str(tmp_path / "mid.pt"), "--out", str(tmp_path / "r.pt")],
+            tmp_path)
+    assert r.returncode == 0 and "steps 2 -> 3" in r.stdout, r.stderr
+    r = run([os.path.join(ROOT, "train_clip.py"), "--pretrain-steps", "2", "--aux-weight", "1", "--out",
+             str(tmp_path / "bad.pt")], tmp_path)
+    assert r.returncode == 2 and "--pretrain-objects" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_pretrain_teaches_the_image_tower_only(monkeypatch):
     """The supervised warm-up (--pretrain-steps) trains the image tower and its heads, which then fit a
     batch they are shown repeatedly; the text tower and the temperature stay bit-identical."""
