@@ -503,6 +503,33 @@ def test_aux_weight_keeps_the_object_heads_on(tmp_path, monkeypatch):
     assert not (tmp_path / "bad.pt").exists()
 
 
+def test_object_attrs_choose_what_the_heads_read(tmp_path):
+    """--object-attrs: one head per named attribute of the first object, then of the second (one class
+    more: "none"), then one per scene attribute; the warm-up trains them all; an unknown name is a clean
+    error."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit import toyworld as tw
+    from minedit.clip import CLIP, CLIPConfig
+    tc = train_clip.TrainConfig(pretrain_steps=1, batch_size=32, bf16=False, pretrain_objects=True,
+                                object_attrs="shape,pos,style")
+    x, *labels = train_clip.pretrain_batch(0, tc)
+    scenes = [tw.sample_scene(tc.seed + 3, "train", i) for i in range(32)]
+    for s, row in zip(scenes, torch.stack(labels, 1).tolist()):
+        objs = sorted(s.objects, key=lambda o: tw.POSITIONS.index(o.pos))
+        second = [tw.ALL_SHAPES.index(objs[1].shape), tw.POSITIONS.index(objs[1].pos)] if len(objs) == 2 else [9, 9]
+        assert row == [tw.ALL_SHAPES.index(objs[0].shape), tw.POSITIONS.index(objs[0].pos), *second,
+                       tw.STYLES.index(s.style)]
+    model = CLIP(CLIPConfig(vision_layers=1, vision_width=64, image_resolution=32, transformer_layers=1,
+                            transformer_width=64, transformer_heads=1, embed_dim=32))
+    heads = train_clip.pretrain(model, tc, "cpu")
+    assert [h.out_features for h in heads] == [9, 9, 10, 10, 5]
+    r = run([os.path.join(ROOT, "train_clip.py"), "--pretrain-objects", "--object-attrs", "shape,mood",
+             "--out", str(tmp_path / "c.pt")], tmp_path)
+    assert r.returncode == 2 and "mood" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "c.pt").exists()
+
+
 def test_pretrain_teaches_the_image_tower_only(monkeypatch):
     """The supervised warm-up (--pretrain-steps) trains the image tower and its heads, which then fit a
     batch they are shown repeatedly; the text tower and the temperature stay bit-identical."""
