@@ -245,6 +245,8 @@ def pretrain(model, tc, device, heads=None):
     one_object_only = set(PRETRAIN_HEADS) - set(tc.pretrain_all.split(",")) if tc.pretrain_all else set()
     params = list(model.visual.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    names = [None] * len(heads) if tc.pretrain_objects else PRETRAIN_HEADS  # pretrain_all's heads, by name
+    per, whole = object_attrs(tc)
     pbar = tqdm(range(tc.pretrain_steps), desc="clip pretrain (image tower)", mininterval=2)
     for step in pbar:
         x, *labels = pretrain_batch(step, tc)
@@ -254,7 +256,6 @@ def pretrain(model, tc, device, heads=None):
         with autocast(device, tc.bf16):
             z = model.encode_image(x).float()
             losses = []
-            names = [None] * len(heads) if tc.pretrain_objects else PRETRAIN_HEADS
             for head, y, name in zip(heads, labels, names, strict=True):
                 zh = z
                 if name in one_object_only and not tc.pretrain_objects:  # one object: the whole target on one class
@@ -265,7 +266,6 @@ def pretrain(model, tc, device, heads=None):
         sum(losses).backward()
         opt.step()
         if tc.pretrain_objects:  # per attribute, summed over the heads that read it
-            per, whole = object_attrs(tc)
             pbar.set_postfix({a: f"{sum(l.item() for l, b in zip(losses, per + per + whole) if b == a):.3f}" for a in per + whole})
         else:
             pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}")
