@@ -30,7 +30,8 @@ second in reading order; --pretrain-one-object-steps N keeps its first N steps o
 that the embedding carries both objects of a two-object scene for a decoder to draw (bench/clip.py
 --object-probe measures that). --object-attrs sets what its heads read (any of shape, color, size, pos per
 object, background and style of the scene); --aux-weight W keeps them on through contrastive training, their
-loss at weight W beside the contrastive one.
+loss at weight W beside the contrastive one, and --aux-attrs what they read there (e.g. the warm-up's objects
+plus the scene's background and style).
 
 --edits sets the hard negatives' edit kinds (repeats weigh them; "swap" exchanges an attribute between
 the two objects of a scene, a binding negative), --swap-attrs what the swap sets vary (shape, pos, color,
@@ -81,6 +82,8 @@ class TrainConfig:
                                        # pos) and of the scene (background, style)
     aux_weight: float = 0.0  # with pretrain_objects: the warm-up's heads stay on through contrastive training,
                              # their loss on the batch's images added at this weight
+    aux_attrs: str = ""  # with aux_weight: what the heads read during contrastive training ("": object_attrs);
+                         # a name the warm-up did not read gets a fresh head there
 
 
 EDIT_KINDS = ("reshape", "move", "resize", "recolor", "background", "style", "swap")  # what --edits may name
@@ -156,7 +159,7 @@ def batch(step, tc, context_length):
         seed = rng.random()
         swaps.append(([tw.caption(v, random.Random(seed)) for v in variants], j))
     swap_texts = tokenize([t for texts_i, _ in swaps for t in texts_i], context_length) if swaps else None
-    labels = object_labels(scenes, tc) if tc.aux_weight else None  # for the warm-up's heads, kept on
+    labels = object_labels(scenes, tc.aux_attrs or tc.object_attrs) if tc.aux_weight else None  # for the kept heads
     return tw.render_batch(scenes, tc.res), tokenize(texts, context_length), swap_texts, swaps, labels
 
 
@@ -177,17 +180,24 @@ OBJECT_ATTRS = {"shape": tw.ALL_SHAPES, "color": tuple(tw.COLORS), "size": tw.SI
 SCENE_ATTRS = {"background": tuple(tw.BACKGROUNDS), "style": tw.STYLES}  # what --object-attrs may name besides
 
 
-def object_attrs(tc):
-    """--object-attrs split into the per-object attributes and the scene's, each in the order given."""
-    names = tc.object_attrs.split(",")
+def object_attrs(attrs):
+    """An attribute list ("shape,color,style", as --object-attrs) split into the per-object attributes
+    and the scene's, each in the order given."""
+    names = attrs.split(",")
     return [a for a in names if a in OBJECT_ATTRS], [a for a in names if a in SCENE_ATTRS]
 
 
-def object_labels(scenes, tc):
-    """(len(scenes), K) class indices for the per-object heads: each per-object attribute of
-    tc.object_attrs for the first object in reading order, then for the second ("none", the last class,
-    in a one-object scene), then each scene attribute. By default: shape, colour; shape, colour."""
-    per, whole = object_attrs(tc)
+def head_names(attrs):
+    """The per-object heads' names, in object_labels' column order: shape1, color1, shape2, color2, ..."""
+    per, whole = object_attrs(attrs)
+    return [f"{a}1" for a in per] + [f"{a}2" for a in per] + whole
+
+
+def object_labels(scenes, attrs):
+    """(len(scenes), K) class indices for the per-object heads: each per-object attribute of `attrs` for
+    the first object in reading order, then for the second ("none", the last class, in a one-object
+    scene), then each scene attribute. By default: shape, colour; shape, colour."""
+    per, whole = object_attrs(attrs)
     labels = []
     for s in scenes:
         first, *second = tw.reading_order(s)
@@ -213,7 +223,7 @@ def pretrain_batch(step, tc):
             scenes.append(s)
     shapes, colors = list(tw.ALL_SHAPES), list(tw.COLORS)
     if tc.pretrain_objects:
-        return (tw.render_batch(scenes, tc.res), *object_labels(scenes, tc).unbind(1))
+        return (tw.render_batch(scenes, tc.res), *object_labels(scenes, tc.object_attrs).unbind(1))
     if not tc.pretrain_all:
         return (tw.render_batch(scenes, tc.res), torch.tensor([shapes.index(s.objects[0].shape) for s in scenes]),
                 torch.tensor([colors.index(s.objects[0].color) for s in scenes]))
@@ -226,13 +236,15 @@ def pretrain_batch(step, tc):
 
 def pretrain_heads(model, tc, device):
     """The warm-up's linear classifiers on the image embedding: shape and colour of the one object, or
-    with tc.pretrain_objects one per column of object_labels."""
-    classes = [len(tw.ALL_SHAPES), len(tw.COLORS)]
-    if tc.pretrain_objects:
-        per, whole = object_attrs(tc)
-        classes = ([len(OBJECT_ATTRS[a]) for a in per] + [len(OBJECT_ATTRS[a]) + 1 for a in per]
-                   + [len(SCENE_ATTRS[a]) for a in whole])
-    return torch.nn.ModuleList([torch.nn.Linear(model.config.embed_dim, n) for n in classes]).to(device)
+    with tc.pretrain_objects a dict of them by head_names (the warm-up's, then any more that
+    tc.aux_attrs names)."""
+    linear = lambda n: torch.nn.Linear(model.config.embed_dim, n)
+    if not tc.pretrain_objects:
+        return torch.nn.ModuleList([linear(len(tw.ALL_SHAPES)), linear(len(tw.COLORS))]).to(device)
+    names = head_names(tc.object_attrs)
+    names += [n for n in head_names(tc.aux_attrs or tc.object_attrs) if n not in names]
+    classes = lambda n: len(SCENE_ATTRS[n]) if n in SCENE_ATTRS else len(OBJECT_ATTRS[n[:-1]]) + (n[-1] == "2")
+    return torch.nn.ModuleDict({n: linear(classes(n)) for n in names}).to(device)
 
 
 def pretrain(model, tc, device, heads=None):
@@ -243,10 +255,11 @@ def pretrain(model, tc, device, heads=None):
     them unless tc.aux_weight keeps them on)."""
     heads = pretrain_heads(model, tc, device) if heads is None else heads
     one_object_only = set(PRETRAIN_HEADS) - set(tc.pretrain_all.split(",")) if tc.pretrain_all else set()
-    params = list(model.visual.parameters()) + list(heads.parameters())
+    warm = [heads[n] for n in head_names(tc.object_attrs)] if tc.pretrain_objects else heads  # the ones trained here
+    params = list(model.visual.parameters()) + [p for h in warm for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    names = [None] * len(heads) if tc.pretrain_objects else PRETRAIN_HEADS  # pretrain_all's heads, by name
-    per, whole = object_attrs(tc)
+    names = [None] * len(warm) if tc.pretrain_objects else PRETRAIN_HEADS  # pretrain_all's heads, by name
+    per, whole = object_attrs(tc.object_attrs)
     pbar = tqdm(range(tc.pretrain_steps), desc="clip pretrain (image tower)", mininterval=2)
     for step in pbar:
         x, *labels = pretrain_batch(step, tc)
@@ -256,7 +269,7 @@ def pretrain(model, tc, device, heads=None):
         with autocast(device, tc.bf16):
             z = model.encode_image(x).float()
             losses = []
-            for head, y, name in zip(heads, labels, names, strict=True):
+            for head, y, name in zip(warm, labels, names, strict=True):
                 zh = z
                 if name in one_object_only and not tc.pretrain_objects:  # one object: the whole target on one class
                     keep = y.max(1).values == 1
@@ -314,10 +327,13 @@ def main():
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
-    if bad := set(tc.object_attrs.split(",")) - set(OBJECT_ATTRS) - set(SCENE_ATTRS):
-        training.fail(f"--object-attrs: unknown attribute(s) {sorted(bad)}; use {', '.join([*OBJECT_ATTRS, *SCENE_ATTRS])}")
+    for flag, value in (("--object-attrs", tc.object_attrs), ("--aux-attrs", tc.aux_attrs)):
+        if bad := set(value.split(",")) - set(OBJECT_ATTRS) - set(SCENE_ATTRS) - ({""} if flag == "--aux-attrs" else set()):
+            training.fail(f"{flag}: unknown attribute(s) {sorted(bad)}; use {', '.join([*OBJECT_ATTRS, *SCENE_ATTRS])}")
     if tc.aux_weight and not tc.pretrain_objects:
         p.error("--aux-weight keeps --pretrain-objects' heads on: give --pretrain-objects too")
+    if tc.aux_attrs and not tc.aux_weight:
+        p.error("--aux-attrs sets what --aux-weight's heads read: give --aux-weight too")
     if bad := set(tc.edits.split(",")) - set(EDIT_KINDS):
         training.fail(f"--edits: unknown edit kind(s) {sorted(bad)}; use {', '.join(EDIT_KINDS)}")
     if bad := set(tc.swap_attrs.split(",")) - set(SWAP_ATTRS):
@@ -377,7 +393,8 @@ def main():
             if swaps:
                 loss = loss + tc.swap_weight * swap_loss(model, z_img, swap_texts.to(device), swaps, not tc.freeze_text)
             if heads is not None:  # the warm-up's per-object heads, as in pretrain(), on every image of the batch
-                loss = loss + tc.aux_weight * sum(F.cross_entropy(h(z_raw), y.to(device)) for h, y in zip(heads, objects.unbind(1)))
+                loss = loss + tc.aux_weight * sum(F.cross_entropy(heads[n](z_raw), y.to(device)) for n, y in
+                                                  zip(head_names(tc.aux_attrs or tc.object_attrs), objects.unbind(1), strict=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,6 +1,7 @@
 """CLIP quality on the held-out test split (unseen shape-colour combinations): zero-shot attribute
 accuracy by caption templates, text->image retrieval R@1 among 100 test images, and a linear probe of
-the image embedding (how much shape, colour and position it carries at all), and attribute binding in
+the image embedding (how much shape, colour and position it carries at all; and, on every scene, background
+and style), and attribute binding in
 two-object scenes (does the embedding know which object has which colour, shape or size); with
 --object-probe, an MLP probe of each object's attributes in two-object scenes (what a decoder could draw).
 
@@ -73,6 +74,21 @@ def zero_shot(model, scenes, paraphrases=0):
     return out
 
 
+def _probe(x, y, x_test, y_test, classes, steps):
+    """Train a linear classifier on unit-norm embeddings x (labels y); accuracy on train and test."""
+    probe = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.Adam(probe.parameters(), 1e-2)
+    for _ in range(steps):
+        b = torch.randint(0, len(x), (512,))
+        loss = F.cross_entropy(probe(x[b] * 10), y[b])  # x10: unit-norm inputs, a usable logit scale
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = lambda inputs, labels: round((probe(inputs * 10).argmax(1) == labels).float().mean().item(), 4)
+        return {"train": acc(x, y), "test": acc(x_test, y_test)}
+
+
 def linear_probe(model, n_train=8000, n_test=1000, steps=1500):
     """How much of each attribute the image embedding carries, whatever the text tower does: a linear
     classifier on unit-norm image embeddings of one-object train scenes, scored on one-object test
@@ -83,19 +99,22 @@ def linear_probe(model, n_train=8000, n_test=1000, steps=1500):
     x, x_test = embed_images(model, train), embed_images(model, test)
     out = {}
     for attr, values in (("shape", tw.ALL_SHAPES), ("color", list(tw.COLORS)), ("pos", tw.POSITIONS)):
-        y = torch.tensor([values.index(getattr(s.objects[0], attr)) for s in train])
-        y_test = torch.tensor([values.index(getattr(s.objects[0], attr)) for s in test])
-        probe = torch.nn.Linear(x.shape[1], len(values))
-        opt = torch.optim.Adam(probe.parameters(), 1e-2)
-        for _ in range(steps):
-            b = torch.randint(0, len(x), (512,))
-            loss = F.cross_entropy(probe(x[b] * 10), y[b])  # x10: unit-norm inputs, a usable logit scale
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            acc = lambda inputs, labels: round((probe(inputs * 10).argmax(1) == labels).float().mean().item(), 4)
-            out[{"pos": "position"}.get(attr, attr)] = {"train": acc(x, y), "test": acc(x_test, y_test)}
+        label = lambda scenes: torch.tensor([values.index(getattr(s.objects[0], attr)) for s in scenes])
+        out[{"pos": "position"}.get(attr, attr)] = _probe(x, label(train), x_test, label(test), len(values), steps)
+    return out
+
+
+def scene_probe(model, n_train=8000, n_test=1000, steps=1500):
+    """The same linear probe for the scene's own attributes, background and style, on every scene (one
+    or two objects): what a decoder needs to paint the rest of the picture."""
+    torch.manual_seed(0)
+    train = [tw.sample_scene(0, "train", i) for i in range(n_train)]
+    test = [tw.sample_scene(0, "test", i) for i in range(n_test)]
+    x, x_test = embed_images(model, train), embed_images(model, test)
+    out = {}
+    for attr, values in (("background", list(tw.BACKGROUNDS)), ("style", list(tw.STYLES))):
+        label = lambda scenes: torch.tensor([values.index(getattr(s, attr)) for s in scenes])
+        out[attr] = _probe(x, label(train), x_test, label(test), len(values), steps)
     return out
 
 
@@ -214,6 +233,7 @@ if __name__ == "__main__":
     for seed in range(3):
         result[f"retrieval_100_seed{seed}"] = retrieval(model, [tw.sample_scene(100 + seed, "test", i) for i in range(100)])
     result["linear_probe_one_object"] = linear_probe(model)
+    result["linear_probe_scene"] = scene_probe(model)
     result["text_cosine_between_captions_differing_in"] = text_separation(model)
     result["binding_two_objects"] = binding(model)
     if a.object_probe:

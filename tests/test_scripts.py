@@ -503,6 +503,45 @@ def test_aux_weight_keeps_the_object_heads_on(tmp_path, monkeypatch):
     assert not (tmp_path / "bad.pt").exists()
 
 
+def test_aux_attrs_add_heads_for_the_contrastive_steps(tmp_path, monkeypatch):
+    """--aux-attrs: the kept heads read other attributes during contrastive training. A name the warm-up
+    did not read gets a fresh head that the warm-up leaves as initialised and the contrastive steps train;
+    its labels are the batch scenes' own. Without --aux-weight, or with an unknown name: a clean error."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit import toyworld as tw
+    saved, warm = [], []
+    monkeypatch.setattr(train_clip, "save_checkpoint", lambda ckpt, path: saved.append(ckpt))
+    pretrain, copy = train_clip.pretrain, lambda heads: {k: v.clone() for k, v in heads.state_dict().items()}
+
+    def watched(model, tc, device, heads):  # the heads before and after the warm-up
+        warm.append(copy(heads))
+        pretrain(model, tc, device, heads)
+        warm.append(copy(heads))
+    monkeypatch.setattr(train_clip, "pretrain", watched)
+    monkeypatch.setattr(sys, "argv", ["train_clip.py", *TINY_CLIP, "--steps", "3", "--save-every", "2",
+                                      "--pretrain-objects", "--pretrain-steps", "2", "--aux-weight", "0.3",
+                                      "--aux-attrs", "shape,color,background,style", "--out", str(tmp_path / "c.pt")])
+    train_clip.main()
+    before, after = warm
+    mid = saved[0]["aux_heads"]
+    assert [k[:-len(".weight")] for k in mid if k.endswith("weight")] == ["shape1", "color1", "shape2", "color2",
+                                                                          "background", "style"]
+    assert [mid[f"{k}.weight"].shape[0] for k in ("background", "style")] == [len(tw.BACKGROUNDS), len(tw.STYLES)]
+    for k in before:  # the warm-up trains its own four heads only; the contrastive steps train all six
+        assert torch.equal(before[k], after[k]) == k.startswith(("background", "style")), k
+        assert not torch.equal(after[k], mid[k]), k
+    tc = train_clip.TrainConfig(batch_size=8, aux_weight=0.3, pretrain_objects=True, aux_attrs="shape,style")
+    scenes = [tw.sample_scene(tc.seed, "train", i) for i in range(4)]  # the first half of batch 0
+    labels = train_clip.batch(0, tc, 77)[4]
+    assert labels.shape == (8, 3) and labels[:4, 2].tolist() == [tw.STYLES.index(s.style) for s in scenes]
+    for flags, word in ((["--aux-attrs", "style"], "--aux-weight"), (["--aux-weight", "1", "--aux-attrs", "mood"], "mood")):
+        r = run([os.path.join(ROOT, "train_clip.py"), "--pretrain-objects", *flags, "--out", str(tmp_path / "bad.pt")],
+                tmp_path)
+        assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_object_attrs_choose_what_the_heads_read(tmp_path):
     """--object-attrs: one head per named attribute of the first object, then of the second (one class
     more: "none"), then one per scene attribute; the warm-up trains them all; an unknown name is a clean
@@ -523,7 +562,7 @@ def test_object_attrs_choose_what_the_heads_read(tmp_path):
     model = CLIP(CLIPConfig(vision_layers=1, vision_width=64, image_resolution=32, transformer_layers=1,
                             transformer_width=64, transformer_heads=1, embed_dim=32))
     heads = train_clip.pretrain(model, tc, "cpu")
-    assert [h.out_features for h in heads] == [9, 9, 10, 10, 5]
+    assert [h.out_features for h in heads.values()] == [9, 9, 10, 10, 5]
     r = run([os.path.join(ROOT, "train_clip.py"), "--pretrain-objects", "--object-attrs", "shape,mood",
              "--out", str(tmp_path / "c.pt")], tmp_path)
     assert r.returncode == 2 and "mood" in r.stderr and "Traceback" not in r.stderr
