@@ -26,7 +26,8 @@ upsampled to 128 px (its stem divides by 4 before any block).
                                                   # a new image tower for the shipped text tower
 
 --pretrain-objects makes the warm-up read each object of every scene (shape and colour of the first and the
-second in reading order; --pretrain-one-object-steps N keeps its first N steps on one-object scenes), so
+second in reading order; --pretrain-one-object-steps N keeps its first N steps on one-object scenes, and
+--pretrain-shape-loss L keeps them there until the first object's shape loss is below L), so
 that the embedding carries both objects of a two-object scene for a decoder to draw (bench/clip.py
 --object-probe measures that). --object-attrs sets what its heads read (any of shape, color, size, pos per
 object, background and style of the scene); --aux-weight W keeps them on through contrastive training, their
@@ -78,6 +79,9 @@ class TrainConfig:
     pretrain_objects: bool = False  # the warm-up reads every scene's objects one by one, in reading order: shape and
                                     # colour of the first and of the second ("none" in a one-object scene)
     pretrain_one_object_steps: int = 0  # with pretrain_objects: the warm-up's first N steps take one-object scenes only
+    pretrain_shape_loss: float = 0.0  # with pretrain_one_object_steps: the one-object phase goes on until the first
+                                      # object's shape loss (mean of 20 steps) is below this, up to pretrain_steps in
+                                      # all; the two-object steps that follow stay pretrain_steps - one_object_steps
     object_attrs: str = "shape,color"  # with pretrain_objects: what its heads read of each object (shape, color, size,
                                        # pos) and of the scene (background, style)
     aux_weight: float = 0.0  # with pretrain_objects: the warm-up's heads stay on through contrastive training,
@@ -207,19 +211,20 @@ def object_labels(scenes, attrs):
     return torch.tensor(labels)
 
 
-def pretrain_batch(step, tc):
+def pretrain_batch(step, tc, one_object=None):
     """Training scenes and their shape and colour labels for the supervised warm-up: one-object scenes
     with class indices, or (tc.pretrain_all) every scene with target distributions spread evenly over the
     shapes and colours it holds (a one-object scene's is its class index, one-hot); pretrain() then trains
     a head not named in tc.pretrain_all on the batch's one-object scenes only. With tc.pretrain_objects,
-    every scene (one-object scenes only for the first tc.pretrain_one_object_steps steps) with object_labels'
-    class indices (by default the shape and colour of its first and its second object in reading order,
-    the second "none" in a one-object scene)."""
+    every scene (one-object scenes only for the first tc.pretrain_one_object_steps steps, or while
+    `one_object` is true if given) with object_labels' class indices (by default the shape and colour of its
+    first and its second object in reading order, the second "none" in a one-object scene)."""
     scenes, i = [], step * tc.batch_size * 2
+    one_object = step < tc.pretrain_one_object_steps if one_object is None else one_object
     while len(scenes) < tc.batch_size:
         s = tw.sample_scene(tc.seed + 3, "train", i)
         i += 1
-        if tc.pretrain_all or (tc.pretrain_objects and step >= tc.pretrain_one_object_steps) or len(s.objects) == 1:
+        if tc.pretrain_all or (tc.pretrain_objects and not one_object) or len(s.objects) == 1:
             scenes.append(s)
     shapes, colors = list(tw.ALL_SHAPES), list(tw.COLORS)
     if tc.pretrain_objects:
@@ -260,9 +265,11 @@ def pretrain(model, tc, device, heads=None):
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     names = [None] * len(warm) if tc.pretrain_objects else PRETRAIN_HEADS  # pretrain_all's heads, by name
     per, whole = object_attrs(tc.object_attrs)
-    pbar = tqdm(range(tc.pretrain_steps), desc="clip pretrain (image tower)", mininterval=2)
-    for step in pbar:
-        x, *labels = pretrain_batch(step, tc)
+    end = tc.pretrain_one_object_steps  # the one-object phase's end, which tc.pretrain_shape_loss may put off
+    total = lambda: tc.pretrain_steps + end - tc.pretrain_one_object_steps
+    pbar, step, shape_losses = tqdm(total=total(), desc="clip pretrain (image tower)", mininterval=2), 0, []
+    while step < total():
+        x, *labels = pretrain_batch(step, tc, one_object=step < end)
         x = normalize(x, model.config.image_resolution).to(device)
         for g in opt.param_groups:
             g["lr"] = training.lr_at(step, tc.lr, 50, tc.pretrain_steps, floor=1.0)  # warmup, then constant
@@ -282,6 +289,17 @@ def pretrain(model, tc, device, heads=None):
             pbar.set_postfix({a: f"{sum(l.item() for l, b in zip(losses, per + per + whole) if b == a):.3f}" for a in per + whole})
         else:
             pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}")
+        if tc.pretrain_shape_loss and step < end:  # the one-object phase: is shape learned by its last planned step?
+            shape_losses.append(losses[head_names(tc.object_attrs).index("shape1")].item())
+            recent = sum(shape_losses[-20:]) / len(shape_losses[-20:])
+            if step + 1 == end and recent >= tc.pretrain_shape_loss and end < tc.pretrain_steps:
+                end += 1
+                pbar.total = total()
+            elif step + 1 == end:
+                tqdm.write(f"the one-object warm-up phase ends at step {end} (shape loss, last 20 steps: {recent:.3f})")
+        step += 1
+        pbar.update(1)
+    pbar.close()
     return heads
 
 
@@ -332,6 +350,10 @@ def main():
             training.fail(f"{flag}: unknown attribute(s) {sorted(bad)}; use {', '.join([*OBJECT_ATTRS, *SCENE_ATTRS])}")
     if tc.aux_weight and not tc.pretrain_objects:
         p.error("--aux-weight keeps --pretrain-objects' heads on: give --pretrain-objects too")
+    if tc.pretrain_shape_loss and not (tc.pretrain_objects and tc.pretrain_one_object_steps
+                                       and "shape" in object_attrs(tc.object_attrs)[0]):
+        p.error("--pretrain-shape-loss puts off the end of --pretrain-one-object-steps by the first object's shape "
+                "loss: give --pretrain-objects and --pretrain-one-object-steps, with shape in --object-attrs")
     if tc.aux_attrs and not tc.aux_weight:
         p.error("--aux-attrs sets what --aux-weight's heads read: give --aux-weight too")
     if bad := set(tc.edits.split(",")) - set(EDIT_KINDS):

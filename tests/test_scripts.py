@@ -475,6 +475,32 @@ def test_pretrain_objects_labels_each_object_in_reading_order(monkeypatch):
     assert (first == len(shapes)).all() and (second < len(shapes)).any()
 
 
+@pytest.mark.parametrize("learned_at, end", [(5, 11), (None, 12)])
+def test_pretrain_shape_loss_ends_the_one_object_phase_when_shape_is_learned(monkeypatch, learned_at, end):
+    """--pretrain-shape-loss L: the one-object phase goes on past --pretrain-one-object-steps until the
+    first object's shape loss, averaged over the last 20 steps, is below L (here the loss is 2 until
+    `learned_at`, then 0: the mean falls below 1 at step 11), at most until --pretrain-steps (12); the
+    two-object steps that follow keep their number (12 - 2)."""
+    sys.path.insert(0, ROOT)
+    import train_clip
+    from minedit.clip import CLIP, CLIPConfig
+    tc = train_clip.TrainConfig(pretrain_steps=12, pretrain_one_object_steps=2, pretrain_shape_loss=1.0, batch_size=4,
+                                bf16=False, pretrain_objects=True)
+    phases, calls, batch, ce = [], [], train_clip.pretrain_batch, torch.nn.functional.cross_entropy
+    monkeypatch.setattr(train_clip, "pretrain_batch", lambda step, tc, one_object: phases.append(one_object) or
+                        batch(step, tc, one_object))
+
+    def loss(logits, y):  # every step's first call is the first object's shape head
+        calls.append(None)
+        fake = 2.0 if len(calls) % 4 == 1 and (learned_at is None or len(phases) <= learned_at) else 0.0
+        return ce(logits, y) * 0 + fake
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", loss)
+    model = CLIP(CLIPConfig(vision_layers=1, vision_width=64, image_resolution=32, transformer_layers=1,
+                            transformer_width=64, transformer_heads=1, embed_dim=32))
+    train_clip.pretrain(model, tc, "cpu")
+    assert phases == [True] * end + [False] * 10
+
+
 def test_aux_weight_keeps_the_object_heads_on(tmp_path, monkeypatch):
     """--aux-weight: the warm-up's four per-object heads keep training the image tower through the
     contrastive steps (the same command at weight 0 ends with another image tower; the warm-up is the same
@@ -535,7 +561,8 @@ def test_aux_attrs_add_heads_for_the_contrastive_steps(tmp_path, monkeypatch):
     scenes = [tw.sample_scene(tc.seed, "train", i) for i in range(4)]  # the first half of batch 0
     labels = train_clip.batch(0, tc, 77)[4]
     assert labels.shape == (8, 3) and labels[:4, 2].tolist() == [tw.STYLES.index(s.style) for s in scenes]
-    for flags, word in ((["--aux-attrs", "style"], "--aux-weight"), (["--aux-weight", "1", "--aux-attrs", "mood"], "mood")):
+    for flags, word in ((["--aux-attrs", "style"], "--aux-weight"), (["--aux-weight", "1", "--aux-attrs", "mood"], "mood"),
+                        (["--pretrain-shape-loss", "1"], "--pretrain-one-object-steps")):
         r = run([os.path.join(ROOT, "train_clip.py"), "--pretrain-objects", *flags, "--out", str(tmp_path / "bad.pt")],
                 tmp_path)
         assert r.returncode == 2 and word in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -583,7 +610,7 @@ def test_pretrain_teaches_the_image_tower_only(monkeypatch):
     x, shape, color = train_clip.pretrain_batch(0, tc)
     assert len(x) == 16 and 0 <= shape.min() and shape.max() < 9 and 0 <= color.min() and color.max() < 8
     assert len(set(shape.tolist())) > 3 and len(set(color.tolist())) > 3
-    monkeypatch.setattr(train_clip, "pretrain_batch", lambda step, tc: (x, shape, color))
+    monkeypatch.setattr(train_clip, "pretrain_batch", lambda step, tc, one_object=None: (x, shape, color))
     heads = train_clip.pretrain(model, tc, "cpu")
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("visual."))
