@@ -268,6 +268,7 @@ def pretrain(model, tc, device, heads=None):
     end = tc.pretrain_one_object_steps  # the one-object phase's end, which tc.pretrain_shape_loss may put off
     total = lambda: tc.pretrain_steps + end - tc.pretrain_one_object_steps
     pbar, step, shape_losses = tqdm(total=total(), desc="clip pretrain (image tower)", mininterval=2), 0, []
+    shape1 = head_names(tc.object_attrs).index("shape1") if tc.pretrain_shape_loss else None  # in `losses`
     while step < total():
         x, *labels = pretrain_batch(step, tc, one_object=step < end)
         x = normalize(x, model.config.image_resolution).to(device)
@@ -290,7 +291,7 @@ def pretrain(model, tc, device, heads=None):
         else:
             pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}")
         if tc.pretrain_shape_loss and step < end:  # the one-object phase: is shape learned by its last planned step?
-            shape_losses.append(losses[head_names(tc.object_attrs).index("shape1")].item())
+            shape_losses.append(losses[shape1].item())
             recent = sum(shape_losses[-20:]) / len(shape_losses[-20:])
             if step + 1 == end and recent >= tc.pretrain_shape_loss and end < tc.pretrain_steps:
                 end += 1
@@ -371,6 +372,7 @@ def main():
             p.requires_grad = image_side(name)
     groups = [[p for n, p in model.named_parameters() if p.requires_grad and image_side(n) == image] for image in (True, False)]
     heads = pretrain_heads(model, tc, device) if tc.aux_weight else None  # trained with the image tower throughout
+    aux_names = head_names(tc.aux_attrs or tc.object_attrs)  # the heads the contrastive steps train, in label order
     if heads is not None:
         groups[0] += list(heads.parameters())
     opt = torch.optim.AdamW([{"params": ps, "scale": scale} for ps, scale in zip(groups, (1.0, tc.text_lr_scale)) if ps],
@@ -415,8 +417,8 @@ def main():
             if swaps:
                 loss = loss + tc.swap_weight * swap_loss(model, z_img, swap_texts.to(device), swaps, not tc.freeze_text)
             if heads is not None:  # the warm-up's per-object heads, as in pretrain(), on every image of the batch
-                loss = loss + tc.aux_weight * sum(F.cross_entropy(heads[n](z_raw), y.to(device)) for n, y in
-                                                  zip(head_names(tc.aux_attrs or tc.object_attrs), objects.unbind(1), strict=True))
+                loss = loss + tc.aux_weight * sum(F.cross_entropy(heads[n](z_raw), y.to(device))
+                                                  for n, y in zip(aux_names, objects.unbind(1), strict=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
