@@ -292,12 +292,13 @@ def pretrain(model, tc, device, heads=None):
             pbar.set_postfix(shape=f"{losses[0].item():.3f}", color=f"{losses[1].item():.3f}")
         if tc.pretrain_shape_loss and step < end:  # the one-object phase: is shape learned by its last planned step?
             shape_losses.append(losses[shape1].item())
-            recent = sum(shape_losses[-20:]) / len(shape_losses[-20:])
-            if step + 1 == end and recent >= tc.pretrain_shape_loss and end < tc.pretrain_steps:
-                end += 1
-                pbar.total = total()
-            elif step + 1 == end:
-                tqdm.write(f"the one-object warm-up phase ends at step {end} (shape loss, last 20 steps: {recent:.3f})")
+            if step + 1 == end:
+                recent = sum(shape_losses[-20:]) / len(shape_losses[-20:])
+                if recent >= tc.pretrain_shape_loss and end < tc.pretrain_steps:
+                    end += 1
+                    pbar.total = total()
+                else:
+                    tqdm.write(f"the one-object warm-up phase ends at step {end} (shape loss, last 20 steps: {recent:.3f})")
         step += 1
         pbar.update(1)
     pbar.close()
@@ -346,8 +347,8 @@ def main():
     tc = training.override(TrainConfig(**ckpt["train_config"]) if ckpt else TrainConfig(), args)
     tc.bf16 = tc.bf16 and not args["no_bf16"]
     tc.hard_negatives = tc.hard_negatives and not args["no_hard_negatives"]
-    for flag, value in (("--object-attrs", tc.object_attrs), ("--aux-attrs", tc.aux_attrs)):
-        if bad := set(value.split(",")) - set(OBJECT_ATTRS) - set(SCENE_ATTRS) - ({""} if flag == "--aux-attrs" else set()):
+    for flag, value in (("--object-attrs", tc.object_attrs), ("--aux-attrs", tc.aux_attrs or tc.object_attrs)):
+        if bad := set(value.split(",")) - set(OBJECT_ATTRS) - set(SCENE_ATTRS):
             training.fail(f"{flag}: unknown attribute(s) {sorted(bad)}; use {', '.join([*OBJECT_ATTRS, *SCENE_ATTRS])}")
     if tc.aux_weight and not tc.pretrain_objects:
         p.error("--aux-weight keeps --pretrain-objects' heads on: give --pretrain-objects too")
