@@ -229,6 +229,9 @@ def main():
         if task == "instruct":  # with the source image's channels
             base.in_channels = 2 * base.out_channels
     mc = training.override(base, args)
+    sizes = [res >> level for level in range(len(mc.channel_mult))]  # the feature maps' sides, level by level
+    if args["attention_resolutions"] and not set(mc.attention_resolutions) <= set(sizes):
+        training.fail(f"--attention-resolutions: the feature maps at {res} px are {','.join(map(str, sizes))}")
     if not ckpt:
         mc.residual = task == "instruct" and not args["no_residual"]
 

@@ -196,15 +196,33 @@ def _number(kind, name):
     return parse
 
 
+def _int_tuple(name):
+    def parse(text):
+        try:
+            v = tuple(int(x) for x in text.split(",")) if text.strip() else ()
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}")
+        if any(x <= 0 for x in v) or (name in NONEMPTY and not v):
+            raise argparse.ArgumentTypeError(f"must be {'one or more ' if name in NONEMPTY else ''}numbers > 0, got {text!r}")
+        return v
+    parse.__name__ = "list"
+    return parse
+
+
+NONEMPTY = {"channel_mult"}  # tuple fields that need at least one entry
+
+
 def add_dataclass_flags(parser, *classes):
-    """--kebab-case flags for every int/float/str/bool field (tuples are set in code); numbers are
-    checked (>= 0, and > 0 for the fields in POSITIVE)."""
+    """--kebab-case flags for every int/float/str/bool field and every tuple of ints (given as 16,8);
+    numbers are checked (>= 0, and > 0 for the fields in POSITIVE and in tuples)."""
     for cls in classes:
         for f in fields(cls):
+            flag, help = "--" + f.name.replace("_", "-"), f"{cls.__name__}.{f.name} (default {f.default!r})"
             if f.type in (int, float, str, "int", "float", "str"):
                 kind = type(f.default)
-                parser.add_argument("--" + f.name.replace("_", "-"), type=kind if kind is str else _number(kind, f.name),
-                                    default=None, help=f"{cls.__name__}.{f.name} (default {f.default!r})")
+                parser.add_argument(flag, type=kind if kind is str else _number(kind, f.name), default=None, help=help)
+            elif f.type in (tuple, "tuple"):
+                parser.add_argument(flag, type=_int_tuple(f.name), default=None, metavar="N,N", help=help)
 
 
 def override(obj, args):

@@ -393,6 +393,25 @@ def test_zero_sizes_fail_in_one_line(script, flag, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_tuple_flags_parse_and_bad_ones_fail_cleanly(tmp_path):
+    """UNetConfig's tuples are flags too (--attention-resolutions 16,8); a size that no feature map has, an
+    empty --channel-mult or a non-number fails in one line before any work."""
+    import argparse
+    from minedit import training
+    from minedit.unet import UNetConfig
+    p = argparse.ArgumentParser()
+    training.add_dataclass_flags(p, UNetConfig)
+    args = vars(p.parse_args(["--attention-resolutions", "16,8", "--channel-mult", "1,2"]))
+    mc = training.override(UNetConfig(), args)
+    assert mc.attention_resolutions == (16, 8) and mc.channel_mult == (1, 2) and mc.num_res_blocks == 1
+    for flag, bad in (("--attention-resolutions", "7"), ("--attention-resolutions", "16,x"),
+                      ("--attention-resolutions", "0"), ("--channel-mult", "")):
+        r = run([os.path.join(ROOT, "train_decoder.py"), flag, bad, "--steps", "1", "--n-images", "8",  # fast if unchecked
+                 "--out", str(tmp_path / "d.pt")], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and flag in r.stderr, (bad, r.stderr[-300:])
+    assert os.listdir(tmp_path) == []
+
+
 def test_bad_vision_layers_and_edits_fail_cleanly(tmp_path):
     for flag, bad in (("--vision-layers", "1,2"), ("--vision-layers", "0"), ("--vision-layers", "a,b,c,d"),
                       ("--edits", "reshape,noop")):
