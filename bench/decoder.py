@@ -8,7 +8,7 @@ caption, as unCLIP's decoder reads the caption beside the image embedding.
 --rerank-images K adds a row where K images are decoded per embedding and the one whose CLIP image embedding
 is closest to that embedding is read (best-of-K reranking; it uses nothing the decoder was not given).
 
-    python bench/decoder.py [--n 500] [--guidance 3] [--steps 50] [--no-caption] [--rerank-images K]   # prints JSON
+    python bench/decoder.py [--n 500] [--guidance 3] [--steps 50] [--eta 0] [--no-caption] [--rerank-images K]   # JSON
 """
 import argparse
 import json
@@ -35,6 +35,8 @@ p.add_argument("--batch", type=int, default=100, help="images sampled at once (d
 p.add_argument("--no-caption", action="store_true", help="a caption decoder without its caption (the embedding alone)")
 p.add_argument("--rerank-images", type=int, default=0, metavar="K",
                help="also decode K images per embedding and read the one CLIP finds closest to it; K times the decoding")
+p.add_argument("--eta", type=float, default=0.0,
+               help="DDIM eta: 0 is deterministic, 1 adds fresh noise at every step as DDPM does (default: %(default)s)")
 p.add_argument("--seed", type=int, default=0, help="sampling seed; others show how much the figures move with the noise alone")
 a = p.parse_args()
 torch.set_num_threads(2)
@@ -57,7 +59,8 @@ def decode_all(seed):
     for i in range(0, a.n, a.batch):
         e = emb[i:i + a.batch]
         model = decoder_model(unet, e, a.guidance, part(i, i + a.batch))
-        samples.append(diffusion.ddim_sample(model, noise=torch.randn(len(e), 3, *x.shape[2:], generator=g), steps=a.steps))
+        samples.append(diffusion.ddim_sample(model, noise=torch.randn(len(e), 3, *x.shape[2:], generator=g), steps=a.steps,
+                                             eta=a.eta, generator=g))
     return torch.cat(samples)
 
 
@@ -109,7 +112,7 @@ mse = ((back.clamp(-1, 1) - x[:n]) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] p
 psnr = (10 * torch.log10(1 / mse.clamp(min=1e-12)))
 result = {"reconstruction_match_test": {k: round(v, 4) for k, v in match.items()},
           "by_object_count": by_count, **ranked,
-          "captions": text is not None, "n": a.n, "seed": a.seed, "guidance": a.guidance, "ddim_steps": a.steps,
+          "captions": text is not None, "n": a.n, "seed": a.seed, "guidance": a.guidance, "ddim_steps": a.steps, "eta": a.eta,
           "inversion_psnr_db_mean": round(psnr.mean().item(), 2), "inversion_psnr_db_min": round(psnr.min().item(), 2),
           "n_inversion": n, "seconds": round(time.time() - t0)}
 print(json.dumps(result, indent=1))
