@@ -41,6 +41,8 @@ p.add_argument("--world-seed", type=int, default=1,
 p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="prior CFG scales to compare")
 p.add_argument("--decoder-guidance", type=float, default=3.0, help="part 2: the decoder's CFG scale (default: %(default)s)")
 p.add_argument("--steps", type=int, default=PRIOR_STEPS, help="the prior's DDIM steps (default: %(default)s, as the pipeline)")
+p.add_argument("--decoder-eta", type=float, default=0.0,
+               help="part 2: the decoder's DDIM eta, 0 deterministic, 1 fresh noise at every step (default: %(default)s)")
 p.add_argument("--decoder-steps", type=int, default=25, help="part 2: the decoder's DDIM steps (default: %(default)s)")
 p.add_argument("--n-best", type=int, default=2, help="prior samples per caption, the one closest to the caption's CLIP text "
                     "embedding kept (default: %(default)s, as the pipeline and DALL-E 2)")
@@ -115,7 +117,7 @@ if not a.no_decoder:
     def decode_all(z, seed=0):
         """Decode the embeddings z; the same noise for every z at the same seed."""
         return torch.cat([decode(models, z[j:j + 100], a.decoder_guidance, a.decoder_steps,
-                                 generator=torch.Generator().manual_seed(seed * 100003 + j),
+                                 generator=torch.Generator().manual_seed(seed * 100003 + j), eta=a.decoder_eta,
                                  caption={k: v[j:j + 100] for k, v in cap.items()} if cap else None)
                           for j in range(0, a.n, 100)])
 
@@ -140,5 +142,6 @@ if not a.no_decoder:
     result["true_image_embedding_reader_accuracy"], result["true_image_embedding_reader_accuracy_by_object_count"] = \
         read_accuracy(decode_all(true))
     result["prior_guidance"], result["decoder_guidance"], result["decoder_reads_caption"] = best_g, a.decoder_guidance, cap is not None
+    result["decoder_eta"] = a.decoder_eta
 result["seconds"] = round(time.time() - t0)
 print(json.dumps(result, indent=1))

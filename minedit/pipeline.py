@@ -169,9 +169,10 @@ def decoder_model(unet, emb, guidance, caption=None):
 
 
 @torch.no_grad()
-def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None, caption=None, n_images=1, target=None):
-    """Images (B, 3, H, W) in [-1, 1] from CLIP image embeddings (B, E), DDIM from noise (or fresh noise);
-    `caption` as in decoder_model. n_images > 1 decodes that many images per embedding, each from fresh
+def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None, caption=None, n_images=1, target=None,
+           eta=0.0):
+    """Images (B, 3, H, W) in [-1, 1] from CLIP image embeddings (B, E), DDIM from noise (or fresh noise;
+    eta > 0 also adds fresh noise at every step, from `generator`); `caption` as in decoder_model. n_images > 1 decodes that many images per embedding, each from fresh
     noise, and keeps the one whose CLIP image embedding is closest to `target` (B, E; by default emb
     itself): DALL-E 2's reranking, at n_images times the cost. For text -> image, pass the text embedding."""
     unet, diffusion = models.decoder
@@ -182,7 +183,8 @@ def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None, capt
         noise = randn((n_images * B, unet.config.out_channels, r, r), generator, emb.device)
     rep = lambda v: v.repeat(n_images, *[1] * (v.dim() - 1))  # candidate k of embedding b at k * B + b
     caption = {k: rep(v) for k, v in caption.items()} if caption is not None and n_images > 1 else caption
-    x = diffusion.ddim_sample(decoder_model(unet, rep(emb), guidance, caption), noise=noise, steps=steps)
+    x = diffusion.ddim_sample(decoder_model(unet, rep(emb), guidance, caption), noise=noise, steps=steps, eta=eta,
+                              generator=generator)
     if n_images == 1:
         return x
     keys = encode_images(models.clip, x).view(n_images, B, -1)

@@ -271,6 +271,22 @@ def test_decode_best_of_n_keeps_the_candidate_clip_finds_closest():
         pipeline.decode(models, z, steps=3, noise=noise[:2], n_images=2)
 
 
+def test_decode_eta_draws_its_step_noise_from_the_generator():
+    """eta 1 adds fresh noise at every DDIM step, drawn from the caller's generator: the same seed gives the
+    same images, another seed other images, and eta 0 stays the deterministic DDIM of the same start noise."""
+    from minedit import pipeline
+    from minedit import toyworld as tw
+    torch.set_num_threads(2)
+    models = pipeline.Models(os.path.join(ROOT, "checkpoints"))
+    z = pipeline.encode_images(models.clip, tw.render_batch([tw.sample_scene(0, "test", i) for i in range(2)], 32))
+    run = lambda seed, eta: pipeline.decode(models, z, steps=4, generator=torch.Generator().manual_seed(seed), eta=eta)
+    a, b, other, det = run(5, 1.0), run(5, 1.0), run(6, 1.0), run(5, 0.0)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - other).abs().max() > 0.1 and (a - det).abs().max() > 0.1
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(det, pipeline.decode(models, z, steps=4, noise=noise))
+
+
 def test_sdedit_samples_the_prior_with_its_own_step_count(monkeypatch):
     from minedit import pipeline
     from minedit import toyworld as tw
