@@ -29,7 +29,7 @@ the shipped decoder.pt and instruct.pt are the same recipes scaled up on one H10
         --out runs/mix/instruct.pt                           # the mean of two models' weights (WiSE-FT)
     python train_decoder.py --caption --n-images 50000 --batch-size 64 --lr 1e-3 --warmup 100 --steps 3000 \
         --out runs/cap/decoder.pt                            # a decoder that also reads the caption (from decoder.pt)
-    python train_decoder.py --data my_photos/ --clip ViT-B-32.pt --image-size 64 --device cuda
+    python train_decoder.py --data my_photos/ --clip ViT-B-32.pt --image-size 64 --attention-resolutions 16 --device cuda
     torchrun --nproc_per_node 2 train_decoder.py ...         # DistributedDataParallel (gloo on CPU, nccl on GPU)
 """
 

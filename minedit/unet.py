@@ -28,7 +28,7 @@ class UNetConfig:
     model_channels: int = 48
     channel_mult: tuple = (1, 2, 2)
     num_res_blocks: int = 1
-    attention_resolutions: tuple = (8,)  # feature-map sizes (at 32 px input) that get attention
+    attention_resolutions: tuple = (8,)  # sides of the feature maps that get attention (8: a 32 px input's 8x8 maps)
     image_size: int = 32
     head_channels: int = 32
     dropout: float = 0.0
