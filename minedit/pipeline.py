@@ -172,9 +172,10 @@ def decoder_model(unet, emb, guidance, caption=None):
 def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None, caption=None, n_images=1, target=None,
            eta=0.0):
     """Images (B, 3, H, W) in [-1, 1] from CLIP image embeddings (B, E), DDIM from noise (or fresh noise;
-    eta > 0 also adds fresh noise at every step, from `generator`); `caption` as in decoder_model. n_images > 1 decodes that many images per embedding, each from fresh
-    noise, and keeps the one whose CLIP image embedding is closest to `target` (B, E; by default emb
-    itself): DALL-E 2's reranking, at n_images times the cost. For text -> image, pass the text embedding."""
+    eta > 0 also adds fresh noise at every step, from `generator`); `caption` as in decoder_model.
+    n_images > 1 decodes that many images per embedding, each from fresh noise, and keeps the one whose
+    CLIP image embedding is closest to `target` (B, E; by default emb itself): DALL-E 2's reranking, at
+    n_images times the cost. For text -> image, pass the text embedding."""
     unet, diffusion = models.decoder
     B, r = emb.shape[0], unet.config.image_size
     if noise is not None and n_images > 1:

@@ -184,6 +184,7 @@ POSITIVE = {"steps", "batch_size", "lr", "n_images", "timesteps", "res",
             "width", "heads",  # prior
             "image_resolution", "vision_width", "vision_patch_size", "context_length", "vocab_size",  # CLIP
             "transformer_width", "transformer_heads", "transformer_layers"}
+NONEMPTY = {"channel_mult"}  # tuple fields that need at least one entry
 
 
 def _number(kind, name):
@@ -209,20 +210,17 @@ def _int_tuple(name):
     return parse
 
 
-NONEMPTY = {"channel_mult"}  # tuple fields that need at least one entry
-
-
 def add_dataclass_flags(parser, *classes):
     """--kebab-case flags for every int/float/str/bool field and every tuple of ints (given as 16,8);
     numbers are checked (>= 0, and > 0 for the fields in POSITIVE and in tuples)."""
     for cls in classes:
         for f in fields(cls):
-            flag, help = "--" + f.name.replace("_", "-"), f"{cls.__name__}.{f.name} (default {f.default!r})"
+            flag, doc = "--" + f.name.replace("_", "-"), f"{cls.__name__}.{f.name} (default {f.default!r})"
             if f.type in (int, float, str, "int", "float", "str"):
                 kind = type(f.default)
-                parser.add_argument(flag, type=kind if kind is str else _number(kind, f.name), default=None, help=help)
+                parser.add_argument(flag, type=kind if kind is str else _number(kind, f.name), default=None, help=doc)
             elif f.type in (tuple, "tuple"):
-                parser.add_argument(flag, type=_int_tuple(f.name), default=None, metavar="N,N", help=help)
+                parser.add_argument(flag, type=_int_tuple(f.name), default=None, metavar="N,N", help=doc)
 
 
 def override(obj, args):
