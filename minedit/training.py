@@ -202,11 +202,10 @@ def _int_tuple(name):
         try:
             v = tuple(int(x) for x in text.split(",")) if text.strip() else ()
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be whole numbers separated by commas, got {text!r}") from None
         if any(x <= 0 for x in v) or (name in NONEMPTY and not v):
             raise argparse.ArgumentTypeError(f"must be {'one or more ' if name in NONEMPTY else ''}numbers > 0, got {text!r}")
         return v
-    parse.__name__ = "list"
     return parse
 
 
