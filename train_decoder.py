@@ -82,6 +82,10 @@ class TrainConfig:
                                 # normalized to mean 1 per triplet (0 = off; README)
     edit_kinds: str = ""        # instruct: the training triplets' edit kinds, comma-separated, cycled (repeats
                                 # weigh a kind more); "" draws all nine uniformly
+    object_weight: float = 0.0  # decoder, toy world: the objects' pixels weigh 1 + this in the loss, the rest 1,
+                                # normalized to mean 1 per image (0 = off; README)
+    two_object_share: float = 0.0  # decoder, toy world: the share of two-object scenes among the images drawn
+                                # for each batch (0 = as the toy world draws scenes, about 0.40; README)
 
 
 # --task instruct changes these defaults (the shipped checkpoints/instruct.pt): fine-tuning from the
@@ -110,13 +114,38 @@ def instruct_grid(unet, diffusion, pairs, text, s_image, s_text, path, seed=0):
     save_image_atomic(image_grid(rows.numpy(), len(src)), path)
 
 
-def change_weights(source, target, w):
-    """Per-pixel loss weights for an edit triplet: 1 + w where the edit changes the pixel, 1 elsewhere,
-    scaled to mean 1 per triplet so that every triplet weighs the same. None when w is 0 (no weighting)."""
+def pixel_weights(mask, w):
+    """Per-pixel loss weights from a bool mask (B, 1, H, W): 1 + w inside the mask, 1 outside, scaled to
+    mean 1 per image so that every image weighs the same. None when w is 0 (no weighting)."""
     if not w:
         return None
-    weight = 1 + w * (source != target).any(1, keepdim=True).float()  # (B, 1, H, W)
+    weight = 1 + w * mask.float()
     return weight / weight.mean((1, 2, 3), keepdim=True)
+
+
+def object_masks(images, scene):
+    """bool (N, 1, H, W): where each toy-world image (uint8 (N, H, W, 3)) differs from its scene drawn without
+    objects (the same background and style), i.e. the objects' pixels, a neon glow included. `scene(i)` is
+    image i's Scene; an empty scene is rendered once per (background, style)."""
+    empty = {}
+    res = images.shape[1]
+    masks = torch.zeros(len(images), 1, res, res, dtype=torch.bool)
+    for i in range(len(images)):
+        s = scene(i)
+        key = (s.background, s.style)
+        if key not in empty:
+            empty[key] = tw.render(replace(s, objects=()), res)
+        masks[i, 0] = torch.from_numpy((images[i] != empty[key]).any(-1))
+    return masks
+
+
+def two_object_draw(counts, share):
+    """Each image's probability of being drawn, from its scene's object count, so that two-object scenes make
+    up `share` of the draws and every scene with the same count is equally likely."""
+    two = torch.tensor(counts) == 2
+    if not two.any() or (share < 1 and two.all()):
+        raise ValueError("the training set needs both one- and two-object scenes")
+    return torch.where(two, share / two.sum(), (1 - share) / (~two).sum().clamp(min=1))
 
 
 def init_from_decoder(unet, decoder_ckpt):
@@ -190,6 +219,11 @@ def main():
         training.fail(f"--edit-kinds: unknown edit kind(s) {sorted(bad)}; use {', '.join(tw.EDIT_KINDS)}")
     if args["edit_kinds"] and task != "instruct":
         training.fail("--edit-kinds: only for --task instruct")
+    for flag in ("object_weight", "two_object_share"):
+        if args[flag] and (task != "decoder" or args["data"]):
+            training.fail(f"--{flag.replace('_', '-')}: only for --task decoder on the toy world (it needs each scene's objects)")
+    if args["two_object_share"] and args["two_object_share"] > 1:
+        training.fail(f"--two-object-share {args['two_object_share']}: a share, at most 1")
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
     training.check_out(out)
     if args["average"]:
@@ -236,6 +270,8 @@ def main():
         mc.residual = task == "instruct" and not args["no_residual"]
 
     # data, as uint8 arrays and CLIP features computed once and cached
+    masks = None  # decoder --object-weight: the objects' pixels of every training image
+    draw = None   # decoder --two-object-share: each training image's probability of being drawn
     if task == "decoder":
         if args["data"]:
             try:
@@ -248,6 +284,12 @@ def main():
         else:
             images, scenes, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res, device=device)
             text = training.toy_caption_features(args["clip"], scenes) if caption else None
+            masks = object_masks(images, scenes.scene) if tc.object_weight else None
+            if tc.two_object_share:
+                try:
+                    draw = two_object_draw([len(scenes.scene(i).objects) for i in range(len(images))], tc.two_object_share)
+                except ValueError as e:
+                    training.fail(f"--two-object-share: {e} (--n-images {tc.n_images})")
         mc.embed_dim, mc.image_size = emb.shape[1], images.shape[1]
         mc.context_dim = text["states"].shape[2] if caption else 0
         x_all = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
@@ -270,6 +312,8 @@ def main():
         emb = emb.to(device)
     if text is not None:
         text = {k: v.to(device) for k, v in text.items()}
+    if masks is not None:
+        masks = masks.to(device)
 
     unet = UNet(mc).to(device)
     if init:
@@ -285,14 +329,17 @@ def main():
               f"{res}x{res}; {world} process(es) on {device}; seed {tc.seed}; steps {ckpt['step'] if ckpt else 0} -> {tc.steps}")
 
     def decoder_loss(model, step, g):
-        idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)
+        idx = (torch.randint(0, len(x_all), (tc.batch_size,), generator=g) if draw is None
+               else torch.multinomial(draw, tc.batch_size, replacement=True, generator=g)).to(device)
         x0 = x_all[idx].float() / 127.5 - 1
         u = torch.rand(tc.batch_size, generator=g).to(device)
         drop = u < tc.p_uncond
         # one draw: both dropped (u < p_uncond), the caption alone (the next p_caption)
         kw = decoder_kwargs(emb[idx], drop, {k: v[idx] for k, v in text.items()} if caption else None,
                             u < tc.p_uncond + tc.p_caption)
-        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma).mean()
+        weight = pixel_weights(masks[idx], tc.object_weight) if masks is not None else None
+        return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma,
+                                         weight=weight).mean()
 
     def instruct_loss(model, step, g):
         idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)
@@ -302,7 +349,8 @@ def main():
                              m["drop_image"], m["drop_text"])
         x0 = instruct_variable(unet, x[:, 0], x[:, 1])
         return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma,
-                                         weight=change_weights(x[:, 0], x[:, 1], tc.change_weight)).mean()
+                                         weight=pixel_weights((x[:, 0] != x[:, 1]).any(1, keepdim=True),
+                                                              tc.change_weight)).mean()
 
     def samples(step, ema):
         if not tc.sample_every or (step + 1) % tc.sample_every:

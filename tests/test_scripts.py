@@ -104,13 +104,15 @@ def test_swap_negatives_exchange_one_attribute_between_the_objects():
 
 def test_train_decoder_toy_and_resume(tiny_clip, tmp_path):
     out = tmp_path / "dec.pt"
-    r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--steps", "2", *TINY_UNET, "--out", str(out)], tmp_path)
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--steps", "2", "--object-weight", "4",
+             "--two-object-share", "0.7", *TINY_UNET, "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--resume", str(out), "--steps", "3",
              *TINY_UNET, "--out", str(tmp_path / "dec2.pt")], tmp_path)
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(tmp_path / "dec2.pt", weights_only=True)
     assert ckpt["kind"] == "decoder" and ckpt["step"] == 3 and ckpt["config"]["embed_dim"] == 32
+    assert ckpt["train_config"]["object_weight"] == 4.0 and ckpt["train_config"]["two_object_share"] == 0.7  # kept
     # --average writes the mean of the two runs' weights (WiSE-FT), fields from the last, and trains nothing
     from minedit.utils import file_hash
     mean = tmp_path / "mean.pt"
@@ -209,6 +211,11 @@ def test_train_instruct_defaults_from_scratch_residual_and_token_states_only(tin
              "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'repaint'" in r.stderr
     assert not (tmp_path / "bad.pt").exists()
+    for flag in ("--object-weight", "--two-object-share"):  # they need the toy world's scenes
+        r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", flag, "0.5",
+                 "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and flag in r.stderr
+        assert not (tmp_path / "bad.pt").exists()
 
 
 def test_train_instruct_starts_from_the_shipped_decoder_by_default(tmp_path):
@@ -305,16 +312,47 @@ def test_init_from_decoder_zero_inits_the_new_channels():
         init_from_decoder(at_64, {"model": dec.state_dict()})
 
 
-def test_change_weights_favour_changed_pixels_and_average_one():
+def test_pixel_weights_favour_the_mask_and_average_one():
     sys.path.insert(0, ROOT)
-    from train_decoder import change_weights
-    src = torch.zeros(2, 3, 4, 4)
-    tgt = src.clone()
-    tgt[0, 1, 0, :2] = 0.5  # triplet 0: 2 of 16 pixels change (in one channel); triplet 1: a no-op
-    w = change_weights(src, tgt, 4.0)
+    from train_decoder import pixel_weights
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 0, :2] = True  # image 0: 2 of 16 pixels in the mask (e.g. changed by its edit); image 1: none
+    w = pixel_weights(mask, 4.0)
     assert w.shape == (2, 1, 4, 4) and torch.allclose(w.mean((1, 2, 3)), torch.ones(2))
     assert torch.allclose(w[0, 0, 0, :2], torch.full((2,), 5 / 1.5)) and torch.allclose(w[0, 0, 1:], torch.full((3, 4), 1 / 1.5))
-    assert torch.equal(w[1], torch.ones(1, 4, 4)) and change_weights(src, tgt, 0.0) is None
+    assert torch.equal(w[1], torch.ones(1, 4, 4)) and pixel_weights(mask, 0.0) is None
+
+
+def test_two_object_draw_gives_two_object_scenes_their_share():
+    sys.path.insert(0, ROOT)
+    from train_decoder import two_object_draw
+    counts = [1, 2, 1, 1, 2, 1, 1, 1]
+    p = two_object_draw(counts, 0.7)
+    assert torch.allclose(p, torch.tensor([0.05, 0.35, 0.05, 0.05, 0.35, 0.05, 0.05, 0.05]))
+    i = torch.multinomial(p, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert abs((torch.tensor(counts)[i] == 2).float().mean().item() - 0.7) < 0.02  # 0.02 = 6 standard errors
+    assert torch.equal(two_object_draw(counts, 1.0), torch.tensor([0, 0.5, 0, 0, 0.5, 0, 0, 0]))
+    with pytest.raises(ValueError):
+        two_object_draw([1, 1], 0.5)
+
+
+def test_object_masks_cover_exactly_the_objects():
+    sys.path.insert(0, ROOT)
+    from minedit import toyworld as tw
+    from train_decoder import object_masks
+    scenes = [tw.sample_scene(0, "train", i) for i in range(40)]
+    images = np.stack([tw.render(s) for s in scenes])
+    masks = object_masks(images, scenes.__getitem__)
+    assert masks.shape == (40, 1, 32, 32) and masks.dtype == torch.bool
+    for s, img, m in zip(scenes, images, masks[:, 0]):
+        area = m.float().mean().item()
+        assert 0.01 < area < 0.5, (s, area)  # every scene has an object; none fills the picture
+        empty = tw.render(replace(s, objects=()))
+        assert np.array_equal(img[~m.numpy()], empty[~m.numpy()])  # outside the mask: the bare background
+        if len(s.objects) == 2:  # each object alone covers part of the mask, and not all of it
+            for o in s.objects:
+                alone = object_masks(tw.render(replace(s, objects=(o,)))[None], lambda i: replace(s, objects=(o,)))[0, 0]
+                assert (alone & m).any() and (m & ~alone).any()
 
 
 @pytest.mark.parametrize("script,flag", [("train_clip.py", "--resume"), ("train_clip.py", "--text-from"),
