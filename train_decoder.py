@@ -83,9 +83,9 @@ class TrainConfig:
     edit_kinds: str = ""        # instruct: the training triplets' edit kinds, comma-separated, cycled (repeats
                                 # weigh a kind more); "" draws all nine uniformly
     object_weight: float = 0.0  # decoder, toy world: the objects' pixels weigh 1 + this in the loss, the rest 1,
-                                # normalized to mean 1 per image (0 = off; README)
+                                # normalized to mean 1 per image (0 = off; 4 drew extra objects, README)
     two_object_share: float = 0.0  # decoder, toy world: the share of two-object scenes among the images drawn
-                                # for each batch (0 = as the toy world draws scenes, about 0.40; README)
+                                # for each batch (0 = as the toy world draws scenes, about 0.40; 0.7: README)
 
 
 # --task instruct changes these defaults (the shipped checkpoints/instruct.pt): fine-tuning from the
@@ -116,7 +116,9 @@ def instruct_grid(unet, diffusion, pairs, text, s_image, s_text, path, seed=0):
 
 def pixel_weights(mask, w):
     """Per-pixel loss weights from a bool mask (B, 1, H, W): 1 + w inside the mask, 1 outside, scaled to
-    mean 1 per image so that every image weighs the same. None when w is 0 (no weighting)."""
+    mean 1 per image so that every image weighs the same. None when w is 0 (no weighting). A mask read
+    from the clean image moves the loss's minimiser from E[x0 | x_t] to E[w x0 | x_t] / E[w | x_t], a
+    denoiser that expects more of what the mask marks (README, session 37)."""
     if not w:
         return None
     weight = 1 + w * mask.float()
