@@ -125,15 +125,14 @@ def pixel_weights(mask, w):
     return weight / weight.mean((1, 2, 3), keepdim=True)
 
 
-def object_masks(images, scene):
-    """bool (N, 1, H, W): where each toy-world image (uint8 (N, H, W, 3)) differs from its scene drawn without
-    objects (the same background and style), i.e. the objects' pixels, a neon glow included. `scene(i)` is
-    image i's Scene; an empty scene is rendered once per (background, style)."""
+def object_masks(images, scenes):
+    """bool (N, 1, H, W): where each toy-world image (uint8 (N, H, W, 3)) differs from its Scene drawn without
+    objects (the same background and style), i.e. the objects' pixels, a neon glow included. An empty scene
+    is rendered once per (background, style)."""
     empty = {}
     res = images.shape[1]
     masks = torch.zeros(len(images), 1, res, res, dtype=torch.bool)
-    for i in range(len(images)):
-        s = scene(i)
+    for i, s in enumerate(scenes):
         key = (s.background, s.style)
         if key not in empty:
             empty[key] = tw.render(replace(s, objects=()), res)
@@ -286,10 +285,11 @@ def main():
         else:
             images, scenes, emb = training.toy_training_set(args["clip"], tc.n_images, tc.seed, res, device=device)
             text = training.toy_caption_features(args["clip"], scenes) if caption else None
-            masks = object_masks(images, scenes.scene) if tc.object_weight else None
+            listed = [scenes.scene(i) for i in range(len(images))] if tc.object_weight or tc.two_object_share else None
+            masks = object_masks(images, listed) if tc.object_weight else None
             if tc.two_object_share:
                 try:
-                    draw = two_object_draw([len(scenes.scene(i).objects) for i in range(len(images))], tc.two_object_share)
+                    draw = two_object_draw([len(s.objects) for s in listed], tc.two_object_share)
                 except ValueError as e:
                     training.fail(f"--two-object-share: {e} (--n-images {tc.n_images})")
         mc.embed_dim, mc.image_size = emb.shape[1], images.shape[1]

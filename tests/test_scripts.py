@@ -342,7 +342,7 @@ def test_object_masks_cover_exactly_the_objects():
     from train_decoder import object_masks
     scenes = [tw.sample_scene(0, "train", i) for i in range(40)]
     images = np.stack([tw.render(s) for s in scenes])
-    masks = object_masks(images, scenes.__getitem__)
+    masks = object_masks(images, scenes)
     assert masks.shape == (40, 1, 32, 32) and masks.dtype == torch.bool
     for s, img, m in zip(scenes, images, masks[:, 0]):
         area = m.float().mean().item()
@@ -351,7 +351,7 @@ def test_object_masks_cover_exactly_the_objects():
         assert np.array_equal(img[~m.numpy()], empty[~m.numpy()])  # outside the mask: the bare background
         if len(s.objects) == 2:  # each object alone covers part of the mask, and not all of it
             for o in s.objects:
-                alone = object_masks(tw.render(replace(s, objects=(o,)))[None], lambda i: replace(s, objects=(o,)))[0, 0]
+                alone = object_masks(tw.render(replace(s, objects=(o,)))[None], [replace(s, objects=(o,))])[0, 0]
                 assert (alone & m).any() and (m & ~alone).any()
 
 
