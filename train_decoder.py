@@ -86,6 +86,8 @@ class TrainConfig:
                                 # normalized to mean 1 per image (0 = off; 4 drew extra objects, README)
     two_object_share: float = 0.0  # decoder, toy world: the share of two-object scenes among the images drawn
                                 # for each batch (0 = as the toy world draws scenes, about 0.40; 0.7: README)
+    self_cond: float = 0.0      # decoder: self-conditioning (Chen et al. 2022): the model also reads its own x0
+                                # estimate, fed in this share of batches (the paper: 0.5); 0 = off (README)
 
 
 # --task instruct changes these defaults (the shipped checkpoints/instruct.pt): fine-tuning from the
@@ -98,7 +100,7 @@ def sample_grid(unet, diffusion, emb, images, guidance, path, seed=0, caption=No
     """A PNG: the images whose embeddings (and captions) condition the decoder (top row), and decoder samples (bottom)."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(emb), unet.config.out_channels, images.shape[1], images.shape[2], generator=g)
-    x = diffusion.ddim_sample(decoder_model(unet, emb, guidance, caption), noise=noise, steps=25)
+    x = diffusion.ddim_sample(decoder_model(unet, emb, guidance, caption, diffusion), noise=noise, steps=25)
     save_image_atomic(image_grid(torch.cat([torch.from_numpy(images), torch.from_numpy(to_image(x))]).numpy(), len(emb)), path)
 
 
@@ -155,6 +157,8 @@ def init_from_decoder(unet, decoder_ckpt):
     The instruct model's token-state projection starts fresh, and the decoder's embedding slot is
     dropped when the instruct model has none (--text-cond states); any other weight the instruct model
     lacks, or has in another shape, means another architecture: a ValueError. Returns the names loaded."""
+    if decoder_ckpt.get("config", {}).get("self_condition", False) != unet.config.self_condition:
+        raise ValueError("one of the two reads its own x0 estimate (--self-cond) and the other does not")
     own = unet.state_dict()
     loaded = []
     for k, v in decoder_ckpt["model"].items():
@@ -223,6 +227,10 @@ def main():
     for flag in ("object_weight", "two_object_share"):
         if args[flag] and (task != "decoder" or args["data"]):
             training.fail(f"--{flag.replace('_', '-')}: only for --task decoder on the toy world (it needs each scene's objects)")
+    if args["self_cond"] and task != "decoder":
+        training.fail("--self-cond: only for --task decoder")
+    if args["self_cond"] and args["self_cond"] > 1:
+        training.fail(f"--self-cond {args['self_cond']}: a share of batches, at most 1")
     if args["two_object_share"] and args["two_object_share"] > 1:
         training.fail(f"--two-object-share {args['two_object_share']}: a share, at most 1")
     out = args["out"] or str(CHECKPOINTS / f"{task}.pt")
@@ -262,13 +270,19 @@ def main():
     if (task == "instruct" and not ckpt) or init:  # the decoder's architecture
         base = unet_config(init["config"]) if init else UNetConfig()
         if task == "instruct":  # with the source image's channels
-            base.in_channels = 2 * base.out_channels
+            base.in_channels, base.self_condition = 2 * base.out_channels, False
     mc = training.override(base, args)
     sizes = [res >> level for level in range(len(mc.channel_mult))]  # the feature maps' sides, level by level
     if args["attention_resolutions"] and not set(mc.attention_resolutions) <= set(sizes):
         training.fail(f"--attention-resolutions: the feature maps at {res} px are {','.join(map(str, sizes))}")
     if not ckpt:
         mc.residual = task == "instruct" and not args["no_residual"]
+    if bool(tc.self_cond) != mc.self_condition:
+        if ckpt:
+            training.fail(f"--self-cond: --resume {args['resume']} was trained "
+                          f"{'with' if mc.self_condition else 'without'} self-conditioning")
+        mc.self_condition = bool(tc.self_cond)  # its estimate's channels join the input, or leave it
+        mc.in_channels += mc.out_channels if mc.self_condition else -mc.out_channels
 
     # data, as uint8 arrays and CLIP features computed once and cached
     masks = None  # decoder --object-weight: the objects' pixels of every training image
@@ -341,7 +355,7 @@ def main():
                             u < tc.p_uncond + tc.p_caption)
         weight = pixel_weights(masks[idx], tc.object_weight) if masks is not None else None
         return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma,
-                                         weight=weight).mean()
+                                         weight=weight, self_cond=tc.self_cond).mean()
 
     def instruct_loss(model, step, g):
         idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)

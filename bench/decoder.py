@@ -18,7 +18,6 @@ import torch
 
 from minedit import toyworld as tw
 from minedit.clip import load as load_clip
-from minedit.guidance import decoder_kwargs
 from minedit.pipeline import decoder_model, encode_images, encode_texts, load_decoder
 from minedit.prior import rerank
 from minedit.reader import load_reader, read
@@ -58,7 +57,7 @@ def decode_all(seed):
     g = torch.Generator().manual_seed(seed)
     for i in range(0, a.n, a.batch):
         e = emb[i:i + a.batch]
-        model = decoder_model(unet, e, a.guidance, part(i, i + a.batch))
+        model = decoder_model(unet, e, a.guidance, part(i, i + a.batch), diffusion)
         samples.append(diffusion.ddim_sample(model, noise=torch.randn(len(e), 3, *x.shape[2:], generator=g), steps=a.steps,
                                              eta=a.eta, generator=g))
     return torch.cat(samples)
@@ -105,9 +104,10 @@ if a.rerank_images > 1:  # K images per embedding; keep the one whose own embedd
 
 n = a.n_inversion
 with torch.no_grad():
-    kw = decoder_kwargs(emb[:n], torch.zeros(n, dtype=torch.bool), part(0, n))
-    xT = diffusion.ddim_invert(unet, x[:n], steps=a.steps, model_kwargs=kw)
-    back = diffusion.ddim_sample(unet, noise=xT, steps=a.steps, clip_denoised=False, model_kwargs=kw)
+    # unguided; a self-conditioned decoder reads the estimate of the same step both ways
+    model = decoder_model(unet, emb[:n], 1.0, part(0, n), diffusion, same_step=True)
+    xT = diffusion.ddim_invert(model, x[:n], steps=a.steps)
+    back = diffusion.ddim_sample(model, noise=xT, steps=a.steps, clip_denoised=False)
 mse = ((back.clamp(-1, 1) - x[:n]) / 2).pow(2).flatten(1).mean(1)  # in [0, 1] pixel units
 psnr = (10 * torch.log10(1 / mse.clamp(min=1e-12)))
 result = {"reconstruction_match_test": {k: round(v, 4) for k, v in match.items()},

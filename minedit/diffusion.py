@@ -7,6 +7,8 @@ training_losses) so a reader can go on to GLIDE, unCLIP and Karlo.
 
 A denoiser is any callable `model(x_t, t, **model_kwargs)` returning the prediction named by
 `prediction` ("eps", "x0" or "v"); guidance is a wrapper around it (minedit/guidance.py), never here.
+A self-conditioned denoiser (Chen et al. 2022) also reads an x0 estimate, `model(x_t, t, concat=x0_hat)`;
+`self_conditioned` turns it into a plain one and `training_losses(self_cond=p)` trains it.
 Schedules are computed in float64 and stored as buffers; the DDPM and DDIM steps match diffusers'
 DDPMScheduler / DDIMScheduler (tests/test_diffusion.py).
 """
@@ -206,19 +208,54 @@ class GaussianDiffusion(nn.Module):
             x = out
         return x
 
+    # --- self-conditioning (Chen et al. 2022, "Analog Bits") ---
+
+    def _estimate(self, out, xt, t):
+        """A model output -> its x0 estimate in [-1, 1], as a self-conditioned model reads it back."""
+        return self.split_prediction(out, xt, t)[0].clamp(-1, 1).to(xt.dtype)
+
+    def self_conditioned(self, model, same_step=False):
+        """A plain denoiser (x, t) from one trained to also read an x0 estimate, model(x, t, concat=x0_hat).
+        By default each call reads the estimate of the call before it (sampling: the previous step; zeros
+        at the first), as the paper samples, at no extra cost; make a new one for each sampling run.
+        same_step=True reads the estimate the model makes at the same (x, t) from zeros: two forwards per
+        call, but a function of (x, t) alone, which an exact DDIM inversion round trip needs."""
+        prev = None
+
+        def denoiser(x, t):
+            nonlocal prev
+            if same_step:
+                x0_hat = self._estimate(model(x, t, concat=torch.zeros_like(x)), x, t)
+                return model(x, t, concat=x0_hat)
+            if prev is None or prev.shape != x.shape:
+                prev = torch.zeros_like(x)
+            out = model(x, t, concat=prev)
+            prev = self._estimate(out, x, t)
+            return out
+        return denoiser
+
     # --- training ---
 
     def training_losses(self, model, x0, t=None, noise=None, model_kwargs=None, generator=None, snr_gamma=None,
-                        weight=None):
+                        weight=None, self_cond=0.0):
         """Per-sample MSE between the model's output and its target (eps, x0 or v) at random or given t.
         snr_gamma: Min-SNR weighting (Hang et al. 2023): each timestep's loss, seen as an x0 loss, is
         weighted by min(SNR, gamma), so the nearly clean timesteps stop dominating training.
-        weight: per-element weights, broadcastable to x0 (e.g. more weight on the pixels an edit changes)."""
+        weight: per-element weights, broadcastable to x0 (e.g. more weight on the pixels an edit changes).
+        self_cond: for a self-conditioned model, the chance that a batch reads the model's own x0 estimate
+        (made without gradient from zeros, as `self_conditioned(same_step=True)` makes it); otherwise
+        it reads zeros. Chen et al. use 0.5. 0 = a plain model."""
+        on = generator.device if generator is not None else x0.device  # as randn(): the generator's device
         if t is None:
-            on = generator.device if generator is not None else x0.device  # as randn(): the generator's device
             t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator, device=on).to(x0.device)
         noise = randn(x0.shape, generator, x0.device, x0.dtype) if noise is None else noise
-        out = model(self.q_sample(x0, t, noise), t, **(model_kwargs or {}))
+        xt, kw = self.q_sample(x0, t, noise), dict(model_kwargs or {})
+        if self_cond:
+            kw["concat"] = torch.zeros_like(xt)
+            if torch.rand((), generator=generator, device=on).item() < self_cond:
+                with torch.no_grad():
+                    kw["concat"] = self._estimate(model(xt, t, **kw), xt, t)
+        out = model(xt, t, **kw)
         err = (out.float() - self.target(x0, noise, t).float()).pow(2)
         loss = (err if weight is None else err * weight).flatten(1).mean(1)
         if snr_gamma:

@@ -13,11 +13,12 @@ import torch
 def cfg(model, scale, cond_kwargs, uncond_kwargs):
     """A denoiser (x, t) -> uncond + scale * (cond - uncond), as one batched forward of 2.
     cond_kwargs / uncond_kwargs are the model's keyword arguments for each branch; tensors are
-    concatenated along the batch, other values must be equal."""
-    def guided(x, t):
+    concatenated along the batch, other values must be equal. Keyword arguments of the call itself (a
+    self-conditioned model's x0 estimate, `concat`) go to both branches."""
+    def guided(x, t, **extra):
         if scale == 1:
-            return model(x, t, **cond_kwargs)
-        kw = _cat([cond_kwargs, uncond_kwargs])
+            return model(x, t, **cond_kwargs, **extra)
+        kw = _cat([{**cond_kwargs, **extra}, {**uncond_kwargs, **extra}])
         cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), **kw).chunk(2)
         return uncond + scale * (cond - uncond)
     return guided

@@ -158,14 +158,21 @@ def text_to_embedding(models, texts, guidance=1.0, steps=PRIOR_STEPS, n_best=2, 
     return rerank(cands, t["emb"])
 
 
-def decoder_model(unet, emb, guidance, caption=None):
+def decoder_model(unet, emb, guidance, caption=None, diffusion=None, same_step=False):
     """The decoder as a denoiser (x, t) conditioned on emb (B, E), with CFG at scale `guidance`. A decoder
     trained with captions (`train_decoder.py --caption`) also reads `caption`, encode_texts' dict for the
-    batch; the unconditional branch drops both."""
+    batch; the unconditional branch drops both. A self-conditioned decoder (`--self-cond`) needs its
+    `diffusion` and reads the guided x0 estimate of the previous step (same_step=True: of the same step,
+    which DDIM inversion needs); make a new denoiser for each sampling run."""
     if caption is not None and not unet.config.context_dim:
         raise ValueError("this decoder was trained without captions")
     drop = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-    return cfg(unet, guidance, decoder_kwargs(emb, ~drop, caption), decoder_kwargs(emb, drop, caption))
+    model = cfg(unet, guidance, decoder_kwargs(emb, ~drop, caption), decoder_kwargs(emb, drop, caption))
+    if not unet.config.self_condition:
+        return model
+    if diffusion is None:
+        raise ValueError("a self-conditioned decoder needs its diffusion to read back its x0 estimates")
+    return diffusion.self_conditioned(model, same_step)
 
 
 @torch.no_grad()
@@ -184,7 +191,7 @@ def decode(models, emb, guidance=3.0, steps=50, noise=None, generator=None, capt
         noise = randn((n_images * B, unet.config.out_channels, r, r), generator, emb.device)
     rep = lambda v: v.repeat(n_images, *[1] * (v.dim() - 1))  # candidate k of embedding b at k * B + b
     caption = {k: rep(v) for k, v in caption.items()} if caption is not None and n_images > 1 else caption
-    x = diffusion.ddim_sample(decoder_model(unet, rep(emb), guidance, caption), noise=noise, steps=steps, eta=eta,
+    x = diffusion.ddim_sample(decoder_model(unet, rep(emb), guidance, caption, diffusion), noise=noise, steps=steps, eta=eta,
                               generator=generator)
     if n_images == 1:
         return x
@@ -217,9 +224,10 @@ def edit_direction(models, x, direction, theta, guidance=1.0, steps=50):
     same guided decoder conditioned on z_image, so theta = 0 reconstructs x)."""
     unet, diffusion = models.decoder
     z = encode_images(models.clip, x)
-    xT = diffusion.ddim_invert(decoder_model(unet, z, guidance), x, steps=steps)
+    model = lambda emb: decoder_model(unet, emb, guidance, diffusion=diffusion, same_step=True)  # as inversion needs
+    xT = diffusion.ddim_invert(model(z), x, steps=steps)
     target = slerp(z, direction.expand_as(z), theta)
-    return diffusion.ddim_sample(decoder_model(unet, target, guidance), noise=xT, steps=steps, clip_denoised=False).clamp(-1, 1)
+    return diffusion.ddim_sample(model(target), noise=xT, steps=steps, clip_denoised=False).clamp(-1, 1)
 
 
 def edit_textdiff(models, x, target_text, source_text="a picture", theta=THETA, guidance=1.0, steps=50, concepts=None):
@@ -246,7 +254,7 @@ def edit_sdedit(models, x, text, strength=0.6, guidance=3.0, steps=50, generator
     start = min(steps - 1, max(0, round((1 - strength) * steps)))
     t = torch.full((x.shape[0],), diffusion.ddim_timesteps(steps)[start], dtype=torch.long, device=x.device)
     xt = diffusion.q_sample(x, t, randn(x.shape, generator, x.device))
-    return diffusion.ddim_sample(decoder_model(unet, emb, guidance), noise=xt, steps=steps, start_step=start)
+    return diffusion.ddim_sample(decoder_model(unet, emb, guidance, diffusion=diffusion), noise=xt, steps=steps, start_step=start)
 
 
 @torch.no_grad()

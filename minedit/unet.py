@@ -6,8 +6,8 @@ the CLIP image embedding) and, optionally, a sequence of text token states (cros
 encoder_kv). The conditioning embedding is also added to the timestep embedding.
 
 `in_channels` is configurable: the instruction-editing model concatenates the source image to x_t
-(6 channels). One learned null embedding stands in for a dropped conditioning embedding
-(classifier-free guidance): pass drop_emb (B,) bool.
+(6 channels), a self-conditioned decoder its own x0 estimate (minedit/diffusion.py). One learned null
+embedding stands in for a dropped conditioning embedding (classifier-free guidance): pass drop_emb (B,) bool.
 
     unet = UNet(UNetConfig(embed_dim=128))
     eps = unet(x_t, t, emb=z_image)        # (B, 3, H, W)
@@ -38,6 +38,8 @@ class UNetConfig:
     cond_width: int = 128     # width of the extra attention tokens
     residual: bool = False    # instruct: the model denoises the change (target - source) * residual_scale, not the target
     residual_scale: float = 0.5  # most edits change few pixels: a larger scale raises their signal-to-noise ratio
+    self_condition: bool = False  # decoder: also reads its own x0 estimate (Chen et al. 2022) as `concat`;
+                                  # in_channels counts those channels, and a call without it reads zeros
 
 
 def zero_module(m):
@@ -179,8 +181,10 @@ class UNet(nn.Module):
         """x (B, C, H, W), t (B,) int; emb (B, embed_dim); context (B, T, context_dim) with
         context_mask (B, T) True where valid; drop_emb (B,) bool replaces emb by the learned null;
         concat (B, in_channels - C, H, W) is appended to x's channels (instruction editing: the source
-        image). Returns (B, out_channels, H, W)."""
+        image; a self-conditioned decoder: its x0 estimate, zeros when None). Returns (B, out_channels, H, W)."""
         c = self.config
+        if c.self_condition and concat is None:  # no estimate yet
+            concat = torch.zeros_like(x)
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)  # (B, in_channels, H, W)
         h_emb = self.time_embed(timestep_embedding(t, c.model_channels).to(x.dtype))

@@ -108,6 +108,72 @@ def test_ddim_inversion_round_trip_with_exact_denoiser(shape):
     assert (back0 - x0).abs().max() > (back - x0).abs().max()
 
 
+def test_ddim_inversion_round_trip_with_a_self_conditioned_denoiser():
+    """A denoiser that reads an x0 estimate round-trips when both ways read the estimate of the same step
+    (a function of (x, t) alone); reading the previous call's, the two ways read different estimates."""
+    torch.manual_seed(0)
+    d = GaussianDiffusion(1000, "linear").double()
+    mu, s = torch.rand(3, 8, 8, dtype=torch.float64) - 0.5, 0.3
+    exact = gaussian_denoiser(d, mu, s)
+    model = lambda x, t, concat: exact(x, t) + 0.2 * concat.flip(1)  # leans on the estimate
+    x0 = mu + s * torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    same = d.self_conditioned(model, same_step=True)
+    back = d.ddim_sample(same, noise=d.ddim_invert(same, x0, steps=50), steps=50, clip_denoised=False)
+    assert (back - x0).abs().max() <= 1e-3
+    xT = d.ddim_invert(d.self_conditioned(model), x0, steps=50)
+    back_prev = d.ddim_sample(d.self_conditioned(model), noise=xT, steps=50, clip_denoised=False)
+    assert (back_prev - x0).abs().max() > 0.01
+
+
+def test_self_conditioned_denoiser_reads_the_previous_or_the_same_step_estimate():
+    d = GaussianDiffusion(100, "cosine", "v")
+    seen = []
+
+    def model(x, t, concat):
+        seen.append(concat.clone())
+        return 3 * x + t.view(-1, 1) / 50 + concat  # outputs whose x0 estimates leave [-1, 1] somewhere
+    x, t = torch.randn(2, 5), torch.tensor([90, 90])
+    prev = d.self_conditioned(model)
+    out1 = prev(x, t)
+    out2 = prev(x, t - 10)
+    assert torch.equal(seen[0], torch.zeros_like(x))
+    est = d.split_prediction(out1, x, t)[0]
+    assert (est.abs() > 1).any() and torch.equal(seen[1], est.clamp(-1, 1))  # the clipped estimate of call 1
+    seen.clear()
+    same = d.self_conditioned(model, same_step=True)
+    a, b = same(x, t), same(x, t)
+    assert len(seen) == 4 and torch.equal(a, b)  # two forwards a call, and no state between calls
+    assert torch.equal(seen[0], torch.zeros_like(x)) and torch.equal(seen[1], d.split_prediction(out1, x, t)[0].clamp(-1, 1))
+    assert not torch.equal(out2, out1)
+
+
+def test_training_losses_self_condition_a_share_of_batches_on_the_models_own_estimate():
+    d = GaussianDiffusion(100, "cosine", "v")
+    calls = []
+
+    def model(x, t, concat):
+        calls.append((torch.is_grad_enabled(), concat.clone()))
+        return 2 * x + concat
+    x0, g = torch.randn(3, 4), torch.Generator().manual_seed(0)
+    reads = 0
+    for _ in range(400):
+        calls.clear()
+        d.training_losses(model, x0, generator=g, self_cond=0.3)
+        assert calls[0][1].abs().max() == 0  # the first forward always reads zeros
+        if len(calls) == 2:  # an estimate made without gradient, then the trained forward on it
+            reads += 1
+            assert not calls[0][0] and calls[1][0] and calls[1][1].abs().max() > 0
+        else:
+            assert len(calls) == 1
+    assert abs(reads / 400 - 0.3) < 0.07
+    calls.clear()
+    t, noise = torch.tensor([10, 50, 99]), torch.randn(3, 4)
+    d.training_losses(model, x0, t, noise, self_cond=1.0)
+    xt = d.q_sample(x0, t, noise)
+    assert torch.equal(calls[1][1], d.split_prediction(2 * xt, xt, t)[0].clamp(-1, 1))
+    assert d.training_losses(lambda x, t: x, x0).shape == (3,)  # off: a plain model is handed no estimate
+
+
 def test_training_losses_are_zero_for_the_exact_target():
     d = GaussianDiffusion(100, "cosine", "v")
     x0 = torch.randn(4, 5)

@@ -105,7 +105,7 @@ def test_swap_negatives_exchange_one_attribute_between_the_objects():
 def test_train_decoder_toy_and_resume(tiny_clip, tmp_path):
     out = tmp_path / "dec.pt"
     r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--steps", "2", "--object-weight", "4",
-             "--two-object-share", "0.7", *TINY_UNET, "--out", str(out)], tmp_path)
+             "--two-object-share", "0.7", "--self-cond", "0.5", *TINY_UNET, "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr
     r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--resume", str(out), "--steps", "3",
              *TINY_UNET, "--out", str(tmp_path / "dec2.pt")], tmp_path)
@@ -113,6 +113,19 @@ def test_train_decoder_toy_and_resume(tiny_clip, tmp_path):
     ckpt = torch.load(tmp_path / "dec2.pt", weights_only=True)
     assert ckpt["kind"] == "decoder" and ckpt["step"] == 3 and ckpt["config"]["embed_dim"] == 32
     assert ckpt["train_config"]["object_weight"] == 4.0 and ckpt["train_config"]["two_object_share"] == 0.7  # kept
+    assert ckpt["train_config"]["self_cond"] == 0.5 and ckpt["config"]["self_condition"] and ckpt["config"]["in_channels"] == 6
+    r = run([os.path.join(ROOT, "train_decoder.py"), "--clip", str(tiny_clip), "--resume", str(out), "--steps", "3",
+             "--self-cond", "0", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
+    assert r.returncode == 2 and "self-conditioning" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "bad.pt").exists()
+    # the self-conditioned decoder samples through the pipeline, which needs its diffusion for that
+    from minedit.pipeline import decoder_model, load_decoder
+    unet, diffusion, _ = load_decoder(str(tmp_path / "dec2.pt"))
+    emb = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    with pytest.raises(ValueError, match="diffusion"):
+        decoder_model(unet, emb, 3.0)
+    x = diffusion.ddim_sample(decoder_model(unet, emb, 3.0, diffusion=diffusion), shape=(2, 3, 32, 32), steps=3)
+    assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
     # --average writes the mean of the two runs' weights (WiSE-FT), fields from the last, and trains nothing
     from minedit.utils import file_hash
     mean = tmp_path / "mean.pt"
@@ -211,7 +224,7 @@ def test_train_instruct_defaults_from_scratch_residual_and_token_states_only(tin
              "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'repaint'" in r.stderr
     assert not (tmp_path / "bad.pt").exists()
-    for flag in ("--object-weight", "--two-object-share"):  # they need the toy world's scenes
+    for flag in ("--object-weight", "--two-object-share", "--self-cond"):  # decoder only
         r = run([os.path.join(ROOT, "train_decoder.py"), "--task", "instruct", flag, "0.5",
                  "--clip", str(tiny_clip), "--steps", "1", *TINY_UNET, "--out", str(tmp_path / "bad.pt")], tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr and flag in r.stderr
@@ -310,6 +323,10 @@ def test_init_from_decoder_zero_inits_the_new_channels():
     at_64 = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16, in_channels=6, image_size=64))
     with pytest.raises(ValueError, match="differs"):  # attention at other levels: another architecture
         init_from_decoder(at_64, {"model": dec.state_dict()})
+    # a self-conditioned decoder's input channels hold its estimate, never the instruct model's source image
+    sc = UNet(UNetConfig(model_channels=16, head_channels=16, embed_dim=8, cond_width=16, in_channels=6, self_condition=True))
+    with pytest.raises(ValueError, match="x0 estimate"):
+        init_from_decoder(ins, {"config": {"self_condition": True}, "model": sc.state_dict()})
 
 
 def test_pixel_weights_favour_the_mask_and_average_one():

@@ -55,6 +55,18 @@ def test_every_conditioning_input_changes_the_output():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_self_conditioned_unet_reads_its_estimate_and_zeros_without_one():
+    torch.manual_seed(0)
+    unet = randomized(UNet(UNetConfig(embed_dim=16, self_condition=True, in_channels=6)))
+    x, t, emb = torch.randn(2, 3, 32, 32), torch.tensor([10, 10]), torch.randn(2, 16)
+    with torch.no_grad():
+        none = unet(x, t, emb=emb)
+        zeros = unet(x, t, emb=emb, concat=torch.zeros_like(x))
+        some = unet(x, t, emb=emb, concat=torch.rand_like(x))
+    assert none.shape == (2, 3, 32, 32) and torch.equal(none, zeros)
+    assert (some - zeros).abs().max() > 1e-4
+
+
 def test_drop_emb_is_per_sample():
     unet = randomized(UNet(UNetConfig(embed_dim=16)))
     x, t, emb = torch.randn(2, 3, 32, 32), torch.tensor([5, 5]), torch.randn(2, 16)
