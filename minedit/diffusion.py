@@ -216,21 +216,21 @@ class GaussianDiffusion(nn.Module):
 
     def self_conditioned(self, model, same_step=False):
         """A plain denoiser (x, t) from one trained to also read an x0 estimate, model(x, t, concat=x0_hat).
-        By default each call reads the estimate of the call before it (sampling: the previous step; zeros
-        at the first), as the paper samples, at no extra cost; make a new one for each sampling run.
-        same_step=True reads the estimate the model makes at the same (x, t) from zeros: two forwards per
-        call, but a function of (x, t) alone, which an exact DDIM inversion round trip needs."""
-        prev = None
+        By default each call reads the estimate of the call before it (sampling: the previous step), as the
+        paper samples, at no extra cost; a call whose t is not below the last one's starts a new run and
+        reads zeros. same_step=True reads the estimate the model makes at the same (x, t) from zeros: two
+        forwards per call, but a function of (x, t) alone, which an exact DDIM inversion round trip needs."""
+        prev, last_t = None, None
 
         def denoiser(x, t):
-            nonlocal prev
+            nonlocal prev, last_t
             if same_step:
                 x0_hat = self._estimate(model(x, t, concat=torch.zeros_like(x)), x, t)
                 return model(x, t, concat=x0_hat)
-            if prev is None or prev.shape != x.shape:
+            if prev is None or prev.shape != x.shape or (t >= last_t).any():  # a new sampling run
                 prev = torch.zeros_like(x)
             out = model(x, t, concat=prev)
-            prev = self._estimate(out, x, t)
+            prev, last_t = self._estimate(out, x, t), t
             return out
         return denoiser
 

@@ -163,7 +163,7 @@ def decoder_model(unet, emb, guidance, caption=None, diffusion=None, same_step=F
     trained with captions (`train_decoder.py --caption`) also reads `caption`, encode_texts' dict for the
     batch; the unconditional branch drops both. A self-conditioned decoder (`--self-cond`) needs its
     `diffusion` and reads the guided x0 estimate of the previous step (same_step=True: of the same step,
-    which DDIM inversion needs); make a new denoiser for each sampling run."""
+    which DDIM inversion needs)."""
     if caption is not None and not unet.config.context_dim:
         raise ValueError("this decoder was trained without captions")
     drop = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)

@@ -139,6 +139,8 @@ def test_self_conditioned_denoiser_reads_the_previous_or_the_same_step_estimate(
     assert torch.equal(seen[0], torch.zeros_like(x))
     est = d.split_prediction(out1, x, t)[0]
     assert (est.abs() > 1).any() and torch.equal(seen[1], est.clamp(-1, 1))  # the clipped estimate of call 1
+    prev(x, t)  # t went up again: a new sampling run, which starts from zeros
+    assert torch.equal(seen[2], torch.zeros_like(x))
     seen.clear()
     same = d.self_conditioned(model, same_step=True)
     a, b = same(x, t), same(x, t)
