@@ -214,6 +214,11 @@ class GaussianDiffusion(nn.Module):
         """A model output -> its x0 estimate in [-1, 1], as a self-conditioned model reads it back."""
         return self.split_prediction(out, xt, t)[0].clamp(-1, 1).to(xt.dtype)
 
+    def _own_estimate(self, model, xt, t, **kw):
+        """The estimate a self-conditioned model makes at (x_t, t) from zeros: what it reads in training and
+        in same-step sampling."""
+        return self._estimate(model(xt, t, concat=torch.zeros_like(xt), **kw), xt, t)
+
     def self_conditioned(self, model, same_step=False):
         """A plain denoiser (x, t) from one trained to also read an x0 estimate, model(x, t, concat=x0_hat).
         By default each call reads the estimate of the call before it (sampling: the previous step), as the
@@ -225,8 +230,7 @@ class GaussianDiffusion(nn.Module):
         def denoiser(x, t):
             nonlocal prev, last_t
             if same_step:
-                x0_hat = self._estimate(model(x, t, concat=torch.zeros_like(x)), x, t)
-                return model(x, t, concat=x0_hat)
+                return model(x, t, concat=self._own_estimate(model, x, t))
             if prev is None or prev.shape != x.shape or (t >= last_t).any():  # a new sampling run
                 prev = torch.zeros_like(x)
             out = model(x, t, concat=prev)
@@ -243,8 +247,8 @@ class GaussianDiffusion(nn.Module):
         weighted by min(SNR, gamma), so the nearly clean timesteps stop dominating training.
         weight: per-element weights, broadcastable to x0 (e.g. more weight on the pixels an edit changes).
         self_cond: for a self-conditioned model, the chance that a batch reads the model's own x0 estimate
-        (made without gradient from zeros, as `self_conditioned(same_step=True)` makes it); otherwise
-        it reads zeros. Chen et al. use 0.5. 0 = a plain model."""
+        (`_own_estimate`, made without gradient); otherwise it reads zeros. Chen et al. use 0.5. 0 = a plain
+        model."""
         on = generator.device if generator is not None else x0.device  # as randn(): the generator's device
         if t is None:
             t = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator, device=on).to(x0.device)
@@ -254,7 +258,7 @@ class GaussianDiffusion(nn.Module):
             kw["concat"] = torch.zeros_like(xt)
             if torch.rand((), generator=generator, device=on).item() < self_cond:
                 with torch.no_grad():
-                    kw["concat"] = self._estimate(model(xt, t, **kw), xt, t)
+                    kw["concat"] = self._own_estimate(model, xt, t, **(model_kwargs or {}))
         out = model(xt, t, **kw)
         err = (out.float() - self.target(x0, noise, t).float()).pow(2)
         loss = (err if weight is None else err * weight).flatten(1).mean(1)
