@@ -1,6 +1,7 @@
 """Small helpers shared by minedit's modules and scripts: atomic writes, checkpoints, devices, seeds."""
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -100,8 +101,23 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
+@functools.cache
+def cpu_bf16_is_fast():
+    """Whether this CPU computes bf16 in hardware (AVX-512 or AMX, oneDNN's own test). Without it oneDNN
+    emulates bf16: a decoder training step ran 20x slower than in fp32 on an AVX2-only EPYC (21.8 s
+    against 1.1 s at batch 32), so autocast then stays off and says so once."""
+    try:
+        fast = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: judge by the SIMD level where it is gone
+        fast = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    if not fast:
+        print("bf16 autocast is off: this CPU has no AVX-512 (bf16 would be emulated, ~20x slower); fp32 instead")
+    return fast
+
+
 def autocast(device, enabled=True):
-    """bf16 autocast on CPU and CUDA (never fp16: it is ~100x slower on CPUs without AVX512_FP16)."""
-    if not enabled or device.type not in ("cpu", "cuda"):
+    """bf16 autocast on CUDA, and on CPUs that compute bf16 in hardware (never fp16: it is ~100x slower on
+    CPUs without AVX512_FP16)."""
+    if not enabled or device.type not in ("cpu", "cuda") or (device.type == "cpu" and not cpu_bf16_is_fast()):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -30,6 +30,18 @@ def tiny_clip(tmp_path_factory):
     return d / "clip.pt"
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_cpu_autocast_is_bf16_only_where_the_cpu_computes_bf16(monkeypatch, fast):
+    from minedit import utils
+    monkeypatch.setattr(utils, "cpu_bf16_is_fast", lambda: fast)
+    a = torch.randn(4, 4)
+    with utils.autocast(torch.device("cpu")):
+        out = a @ a
+    assert out.dtype == (torch.bfloat16 if fast else torch.float32)
+    with utils.autocast(torch.device("cpu"), enabled=False):
+        assert (a @ a).dtype == torch.float32
+
+
 def test_train_clip_runs_and_resumes(tiny_clip, tmp_path):
     from minedit.clip import load
     model, _ = load(tiny_clip)
