@@ -163,7 +163,7 @@ def init_from_decoder(unet, decoder_ckpt):
     loaded = []
     for k, v in decoder_ckpt["model"].items():
         if k not in own:
-            if not unet.config.embed_dim and k.startswith(("emb_proj.", "emb_tokens.", "emb_map", "null_emb")):
+            if not unet.config.embed_dim and k.startswith(("emb_proj.", "emb_tokens.", "null_emb")):
                 continue
             raise ValueError(f"its UNet differs from this one: {k} is not in it")
         v = v.float()
@@ -275,8 +275,6 @@ def main():
     sizes = [res >> level for level in range(len(mc.channel_mult))]  # the feature maps' sides, level by level
     if args["attention_resolutions"] and not set(mc.attention_resolutions) <= set(sizes):
         training.fail(f"--attention-resolutions: the feature maps at {res} px are {','.join(map(str, sizes))}")
-    if mc.embed_map and res % mc.embed_map_size:
-        training.fail(f"--embed-map-size {mc.embed_map_size} does not divide the image size ({res} px)")
     if not ckpt:
         mc.residual = task == "instruct" and not args["no_residual"]
     if bool(tc.self_cond) != mc.self_condition:

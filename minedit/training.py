@@ -180,7 +180,7 @@ def average_checkpoints(ckpts, names):
 
 # fields that must be > 0 (a count, a size or a divisor; 0 crashed deep inside the model); every other number >= 0
 POSITIVE = {"steps", "batch_size", "lr", "n_images", "timesteps", "res",
-            "in_channels", "out_channels", "model_channels", "head_channels", "embed_tokens", "embed_map_size", "cond_width",  # UNet
+            "in_channels", "out_channels", "model_channels", "head_channels", "embed_tokens", "cond_width",  # UNet
             "width", "heads",  # prior
             "image_resolution", "vision_width", "vision_patch_size", "context_length", "vocab_size",  # CLIP
             "transformer_width", "transformer_heads", "transformer_layers"}

@@ -34,8 +34,6 @@ class UNetConfig:
     dropout: float = 0.0
     embed_dim: int = 0        # conditioning vector size (CLIP image embedding); 0 = unconditional
     embed_tokens: int = 4     # extra attention tokens made from the embedding
-    embed_map: int = 0        # channels of a spatial map read from the embedding, (K, S, S) with S = embed_map_size,
-    embed_map_size: int = 8   # added to the first conv's output: each place gets its own read of it; 0 = none
     context_dim: int = 0      # width of text token states for cross-attention; 0 = none
     cond_width: int = 128     # width of the extra attention tokens
     residual: bool = False    # instruct: the model denoises the change (target - source) * residual_scale, not the target
@@ -149,11 +147,6 @@ class UNet(nn.Module):
             self.emb_proj = nn.Linear(c.embed_dim, emb_ch)            # added to the timestep embedding
             self.emb_tokens = nn.Linear(c.embed_dim, c.embed_tokens * cw)  # extra attention tokens
             self.null_emb = nn.Parameter(torch.zeros(c.embed_dim))    # the "no embedding" for CFG
-            if c.embed_map:
-                if c.image_size % c.embed_map_size:
-                    raise ValueError(f"embed_map_size {c.embed_map_size} does not divide image_size {c.image_size}")
-                self.emb_map = nn.Linear(c.embed_dim, c.embed_map * c.embed_map_size ** 2)
-                self.emb_map_in = zero_module(nn.Conv2d(c.embed_map, ch, 1))  # starts as the plain decoder
         if c.context_dim:
             self.context_proj = nn.Linear(c.context_dim, cw)
         self.cond_norm = nn.LayerNorm(cw) if cw else None
@@ -218,17 +211,8 @@ class UNet(nn.Module):
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, h_emb, cond, cond_mask)
-            if not hs and c.embed_dim and c.embed_map:
-                h = h + self.emb_map_in(self.spatial_map(emb, h.shape[-1]))
             hs.append(h)
         h = self.middle_block(h, h_emb, cond, cond_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), h_emb, cond, cond_mask)
         return self.out(h)
-
-    def spatial_map(self, emb, side):
-        """The embedding's map, (B, embed_map, side, side): a linear read of it per place on an S x S grid,
-        repeated up to `side` (nearest neighbour)."""
-        s = self.config.embed_map_size
-        m = self.emb_map(emb).view(emb.shape[0], -1, s, s)
-        return m.repeat_interleave(side // s, dim=-1).repeat_interleave(side // s, dim=-2)

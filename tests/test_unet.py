@@ -55,28 +55,6 @@ def test_every_conditioning_input_changes_the_output():
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_the_embedding_map_is_read_per_place_and_starts_as_the_plain_unet():
-    torch.manual_seed(0)
-    plain = randomized(UNet(UNetConfig(embed_dim=16)))
-    mapped = UNet(UNetConfig(embed_dim=16, embed_map=4, embed_map_size=4)).eval()
-    own, theirs = mapped.state_dict(), plain.state_dict()
-    assert sorted(set(own) - set(theirs)) == ["emb_map.bias", "emb_map.weight", "emb_map_in.bias", "emb_map_in.weight"]
-    mapped.load_state_dict({**own, **theirs}, strict=True)
-    x, t, emb = torch.randn(2, 3, 32, 32), torch.tensor([10, 700]), torch.randn(2, 16)
-    with torch.no_grad():
-        assert torch.equal(mapped(x, t, emb=emb), plain(x, t, emb=emb))  # zero-initialized way in
-        mapped.emb_map_in.weight.normal_(0, 0.1)
-        base = mapped(x, t, emb=emb)
-        mapped.emb_map.weight[5].add_(1.0)  # channel 0, grid cell (1, 1) of 4 x 4
-        changed = mapped(x, t, emb=emb)
-        m = mapped.spatial_map(emb, 32)
-    assert (changed - base).abs().max() > 1e-4
-    assert m.shape == (2, 4, 32, 32)
-    assert torch.equal(m[:, 0, 8:16, 8:16], m[:, 0, 8:9, 8:9].expand(-1, 8, 8))  # one value per 8 x 8 cell
-    with pytest.raises(ValueError, match="does not divide"):
-        UNet(UNetConfig(embed_dim=16, embed_map=4, embed_map_size=5))
-
-
 def test_a_self_conditioned_unet_reads_its_estimate_and_zeros_without_one():
     torch.manual_seed(0)
     unet = randomized(UNet(UNetConfig(embed_dim=16, self_condition=True, in_channels=6)))
