@@ -111,7 +111,7 @@ def cpu_bf16_is_fast():
     except (AttributeError, RuntimeError):  # a private op: judge by the SIMD level where it is gone
         fast = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     if not fast:
-        print("bf16 autocast is off: this CPU has no AVX-512 (bf16 would be emulated, ~20x slower); fp32 instead")
+        print("bf16 autocast is off: this CPU has neither AVX-512 nor AMX (bf16 would be emulated, ~20x slower); fp32 instead")
     return fast
 
 
