@@ -127,7 +127,7 @@ def parse(argv):
     p.add_argument("--cfg-image", type=float, help="instruct: s_I (default 1)")
     p.add_argument("--eta", type=float, help="instruct: DDIM eta, 0 = deterministic (default), 1 = fresh noise each "
                                              "step as in DDPM (seeded too, so --replay still works)")
-    p.add_argument("--theta", type=float, default=THETA, help="textdiff/ref: how far to turn, 0..1 (default: %(default)s; README, the edit benchmark)")
+    p.add_argument("--theta", type=float, default=THETA, help="textdiff/ref: how far to turn, 0..1 (default: %(default)s; EXPERIMENTS.md, Editing)")
     p.add_argument("--strength", type=float, default=0.6, help="sdedit: how much noise, 0..1 (default: %(default)s)")
     p.add_argument("--source-caption", default="a picture", help="textdiff: a caption of the input (default: %(default)r)")
     p.add_argument("--ref", nargs=2, metavar=("BEFORE", "AFTER"), help="ref: an example pair showing the edit")

@@ -53,7 +53,7 @@ from minedit.utils import CHECKPOINTS, file_hash, image_grid, save_checkpoint, s
 class TrainConfig:
     task: str = "decoder"       # decoder | instruct
     steps: int = 3200
-    batch_size: int = 32        # per process; at a fixed image budget, 32 beat 64 (more steps; README)
+    batch_size: int = 32        # per process; at a fixed image budget, 32 beat 64 (more steps; EXPERIMENTS.md)
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.0
@@ -70,7 +70,7 @@ class TrainConfig:
     prediction: str = "v"         # v = sqrt(abar) eps - sqrt(1 - abar) x0: usable x0 estimates at every t
     snr_gamma: float = 5.0      # Min-SNR loss weighting (Hang et al. 2023), 0 = off; at half length the decoder
                                 # nearly matched its unweighted full-length run, and at full length the
-                                # instruct model made more of the requested edits (README)
+                                # instruct model made more of the requested edits (EXPERIMENTS.md)
     bf16: bool = True
     sample_every: int = 800
     save_every: int = 800
@@ -79,19 +79,19 @@ class TrainConfig:
     cfg_text: float = 2.0
     text_cond: str = "both"     # instruct: the instruction enters as "both", "emb" (pooled) or "states" (tokens)
     change_weight: float = 0.0  # instruct: pixels the edit changes weigh 1 + this in the loss, the rest 1,
-                                # normalized to mean 1 per triplet (0 = off; README)
+                                # normalized to mean 1 per triplet (0 = off; EXPERIMENTS.md)
     edit_kinds: str = ""        # instruct: the training triplets' edit kinds, comma-separated, cycled (repeats
                                 # weigh a kind more); "" draws all nine uniformly
     object_weight: float = 0.0  # decoder, toy world: the objects' pixels weigh 1 + this in the loss, the rest 1,
-                                # normalized to mean 1 per image (0 = off; 4 drew extra objects, README)
+                                # normalized to mean 1 per image (0 = off; 4 drew extra objects, EXPERIMENTS.md)
     two_object_share: float = 0.0  # decoder, toy world: the share of two-object scenes among the images drawn
-                                # for each batch (0 = as the toy world draws scenes, about 0.40; 0.7: README)
+                                # for each batch (0 = as the toy world draws scenes, about 0.40; 0.7: EXPERIMENTS.md)
     self_cond: float = 0.0      # decoder: self-conditioning (Chen et al. 2022): the model also reads its own x0
-                                # estimate, fed in this share of batches (the paper: 0.5); 0 = off (README)
+                                # estimate, fed in this share of batches (the paper: 0.5); 0 = off (EXPERIMENTS.md)
 
 
 # --task instruct changes these defaults (the shipped checkpoints/instruct.pt): fine-tuning from the
-# decoder, lr 2e-3 edited more than 1e-3 and 5e-4 (README, session 15)
+# decoder, lr 2e-3 edited more than 1e-3 and 5e-4 (EXPERIMENTS.md, session 15)
 INSTRUCT = {"warmup": 100, "lr": 2e-3}
 
 
@@ -120,7 +120,7 @@ def pixel_weights(mask, w):
     """Per-pixel loss weights from a bool mask (B, 1, H, W): 1 + w inside the mask, 1 outside, scaled to
     mean 1 per image so that every image weighs the same. None when w is 0 (no weighting). A mask read
     from the clean image moves the loss's minimiser from E[x0 | x_t] to E[w x0 | x_t] / E[w | x_t], a
-    denoiser that expects more of what the mask marks (README, session 37)."""
+    denoiser that expects more of what the mask marks (EXPERIMENTS.md, session 37)."""
     if not w:
         return None
     weight = 1 + w * mask.float()

@@ -62,7 +62,7 @@ t_plain = encode_texts(models.clip, [q.replace("<s*>", tw.CONCEPT_WORD) for q in
 
 def evaluate(concepts, word):
     g = torch.Generator().manual_seed(0)
-    # prior guidance 2 by default, not the pipeline's 1: a learned word needs the push (README, Textual inversion)
+    # prior guidance 2 by default, not the pipeline's 1: a learned word needs the push (EXPERIMENTS.md, Textual inversion)
     gen = lambda texts: decode(models, text_to_embedding(models, texts, a.prior_guidance, a.prior_steps,
                                                          generator=g, concepts=concepts),
                                3.0, a.sample_steps, generator=g)

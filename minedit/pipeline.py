@@ -36,11 +36,11 @@ PRIOR_STEPS = 2
 
 # The instruct model's DDIM eta: 0 is deterministic, 1 adds as much fresh noise per step as DDPM does.
 # At 20 steps eta 1 succeeded 0.114 of the time against eta 0's 0.126, within the noise of one sampling seed
-# (README, "Instruction editing"), so the default stays deterministic.
+# (EXPERIMENTS.md, "Instruction editing"), so the default stays deterministic.
 INSTRUCT_ETA = 0.0
 
 # How far textdiff and ref turn the image embedding (slerp fraction). With the session-16 decoder 0.3 is
-# measured best of 0.3 / 0.5 / 0.7 on 100 test triplets (README, "How well each method edits"); 0.5 turned too far.
+# measured best of 0.3 / 0.5 / 0.7 on 100 test triplets (EXPERIMENTS.md, "Editing"); 0.5 turned too far.
 THETA = 0.3
 
 CHECKPOINT_FILES = {"clip": "clip.pt", "decoder": "decoder.pt", "prior": "prior.pt", "instruct": "instruct.pt"}
