@@ -71,7 +71,6 @@ class TrainConfig:
     snr_gamma: float = 5.0      # Min-SNR loss weighting (Hang et al. 2023), 0 = off; at half length the decoder
                                 # nearly matched its unweighted full-length run, and at full length the
                                 # instruct model made more of the requested edits (EXPERIMENTS.md)
-    snr_floor: float = 0.0      # with Min-SNR, the x0 weight of the noisiest timesteps is at least this (0 = off)
     bf16: bool = True
     sample_every: int = 800
     save_every: int = 800
@@ -356,7 +355,7 @@ def main():
                             u < tc.p_uncond + tc.p_caption)
         weight = pixel_weights(masks[idx], tc.object_weight) if masks is not None else None
         return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma,
-                                         snr_floor=tc.snr_floor, weight=weight, self_cond=tc.self_cond).mean()
+                                         weight=weight, self_cond=tc.self_cond).mean()
 
     def instruct_loss(model, step, g):
         idx = torch.randint(0, len(x_all), (tc.batch_size,), generator=g).to(device)
@@ -366,7 +365,7 @@ def main():
                              m["drop_image"], m["drop_text"])
         x0 = instruct_variable(unet, x[:, 0], x[:, 1])
         return diffusion.training_losses(model, x0, model_kwargs=kw, generator=g, snr_gamma=tc.snr_gamma,
-                                         snr_floor=tc.snr_floor, weight=pixel_weights((x[:, 0] != x[:, 1]).any(1, keepdim=True),
+                                         weight=pixel_weights((x[:, 0] != x[:, 1]).any(1, keepdim=True),
                                                               tc.change_weight)).mean()
 
     def samples(step, ema):

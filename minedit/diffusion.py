@@ -241,12 +241,10 @@ class GaussianDiffusion(nn.Module):
     # --- training ---
 
     def training_losses(self, model, x0, t=None, noise=None, model_kwargs=None, generator=None, snr_gamma=None,
-                        weight=None, self_cond=0.0, snr_floor=0.0):
+                        weight=None, self_cond=0.0):
         """Per-sample MSE between the model's output and its target (eps, x0 or v) at random or given t.
         snr_gamma: Min-SNR weighting (Hang et al. 2023): each timestep's loss, seen as an x0 loss, is
         weighted by min(SNR, gamma), so the nearly clean timesteps stop dominating training.
-        snr_floor: with snr_gamma, the x0 weight is at least this, so the noisiest timesteps (where Min-SNR's
-        weight, SNR itself, goes to 0) stay in the loss: clamp(SNR, snr_floor, gamma). 0 = plain Min-SNR.
         weight: per-element weights, broadcastable to x0 (e.g. more weight on the pixels an edit changes).
         self_cond: for a self-conditioned model, the chance that a batch reads the model's own x0 estimate
         (`_own_estimate`, made without gradient); otherwise it reads zeros. Chen et al. use 0.5. 0 = a plain
@@ -269,5 +267,5 @@ class GaussianDiffusion(nn.Module):
             snr = a / (1 - a)
             # an eps / x0 / v loss equals the x0 loss times SNR / 1 / (SNR + 1)
             per_x0 = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
-            loss = loss * (snr.clamp(min=snr_floor, max=snr_gamma) / per_x0).float()
+            loss = loss * (snr.clamp(max=snr_gamma) / per_x0).float()
         return loss
